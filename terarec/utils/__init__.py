@@ -1,0 +1,1 @@
+"""Small shared helpers: registries, optional imports, devices, atomic file writes."""
