@@ -116,3 +116,5 @@ def coerce(enum_cls: type[_HugeCTREnum], value: Any, where: str) -> _HugeCTREnum
             if member.name == value or member.name.lower() == value.lower():
                 return member
     raise ConfigError(where, f"one of {[m.name for m in enum_cls]}", value)
+
+__all__ = list(ALL_ENUMS)

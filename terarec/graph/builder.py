@@ -1,0 +1,173 @@
+"""Build the dense network (an ``nn.Module``) from a :class:`GraphSpec`.
+
+The embedding tables are built elsewhere (``terarec.embedding``); the network receives their
+pooled outputs by tensor name. Shapes are inferred layer by layer in add order, so a wrong
+bottom name or a shape mismatch is reported when the model is compiled, naming the layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from terarec.data.schema import DataSchema
+from terarec.errors import ConfigError
+from terarec.graph.spec import GraphSpec, LayerSpec
+
+Shape = tuple[int, ...]
+
+# How each loss turns its first input (logits) into the probabilities users see.
+PREDICTION_ACTIVATION = {
+    "BinaryCrossEntropyLoss": lambda x: torch.sigmoid(x),
+    "MultiCrossEntropyLoss": lambda x: torch.sigmoid(x),
+    "CrossEntropyLoss": lambda x: torch.softmax(x.float(), dim=-1)[..., 1:],
+}
+
+
+@dataclass
+class NetworkOutput:
+    """Everything one forward pass produced."""
+
+    tensors: dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per loss top name
+    loss: torch.Tensor | None = None  # weighted total incl. regularizers
+    predictions: torch.Tensor | None = None  # (B, label_dim) probabilities
+    labels: torch.Tensor | None = None  # (B, label_dim) matching predictions
+
+
+def input_shapes(schema: DataSchema, batch_size: int) -> dict[str, Shape]:
+    shapes: dict[str, Shape] = {}
+    for name, dim in zip(schema.label_names, schema.label_dims):
+        shapes[name] = (batch_size, dim)
+    shapes[schema.dense_name] = (batch_size, schema.dense_dim)
+    return shapes
+
+
+class DenseNetwork(nn.Module):
+    """The dense layers of a graph, wired by tensor name.
+
+    Args:
+        spec: the graph (only ``schema`` and ``layers`` are used here).
+        embedding_shapes: ``{embedding top name: (batch, slot_num, vec_size)}``.
+        batch_size: batch used for shape inference (per process).
+        generator: RNG for weight initialisation.
+    """
+
+    def __init__(
+        self,
+        spec: GraphSpec,
+        embedding_shapes: dict[str, Shape],
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        loss_weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        from terarec.layers import build_layer
+
+        if spec.schema is None:
+            raise ConfigError("Model", "an Input (data layer) before other layers", None)
+        self.schema = spec.schema
+        self.specs: list[LayerSpec] = list(spec.layers)
+        shapes = input_shapes(spec.schema, batch_size)
+        for name, shape in embedding_shapes.items():
+            if name in shapes:
+                raise ConfigError(f"SparseEmbedding {name!r}", "a tensor name not used yet", name)
+            shapes[name] = shape
+        self.layers = nn.ModuleList()
+        self.loss_tops: list[str] = []
+        for i, ls in enumerate(self.specs):
+            where = f"layers[{i}] {ls.type} (top {ls.top})"
+            for b in ls.bottom:
+                if b not in shapes:
+                    raise ConfigError(f"{where}: bottom_names", f"one of the tensors defined so far "
+                                      f"{sorted(shapes)}", b)
+            for t in ls.top:
+                if t in shapes:
+                    raise ConfigError(f"{where}: top_names", "new tensor names", t)
+            layer = build_layer(ls.type, ls.params, [shapes[b] for b in ls.bottom],
+                                name=ls.top[0], generator=generator)
+            outs = layer.output_shapes()
+            if len(outs) != len(ls.top):
+                raise ConfigError(f"{where}: top_names", f"{len(outs)} names", ls.top)
+            for t, s in zip(ls.top, outs):
+                shapes[t] = tuple(s)
+            if layer.is_loss:
+                self.loss_tops.append(ls.top[0])
+            self.layers.append(layer)
+        self.shapes = shapes
+        if not self.loss_tops:
+            raise ConfigError("Model.compile", "at least one loss layer (e.g. "
+                              "BinaryCrossEntropyLoss)", [s.type for s in self.specs])
+        self.loss_weights = dict(loss_weights or {})
+
+    def set_loss_weights(self, weights: dict[str, float]) -> None:
+        for name in weights:
+            if name not in self.loss_tops:
+                raise ConfigError("Model.compile(loss_names)", f"names of loss layers "
+                                  f"{self.loss_tops}", name)
+        self.loss_weights = dict(weights)
+
+    def dense_weights(self) -> list[torch.Tensor]:
+        """All trainable tensors in HugeCTR's dense-model-file order."""
+        out: list[torch.Tensor] = []
+        for layer in self.layers:
+            out += layer.dense_weights()
+        return out
+
+    def split_labels(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        start = 0
+        for name, dim in zip(self.schema.label_names, self.schema.label_dims):
+            out[name] = labels[:, start:start + dim]
+            start += dim
+        return out
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        labels: torch.Tensor,
+        embeddings: dict[str, torch.Tensor],
+        compute_loss: bool = True,
+    ) -> NetworkOutput:
+        tensors: dict[str, torch.Tensor] = {self.schema.dense_name: dense}
+        tensors.update(self.split_labels(labels))
+        tensors.update(embeddings)
+        out = NetworkOutput(tensors)
+        preds, labs = [], []
+        for ls, layer in zip(self.specs, self.layers):
+            args = [tensors[b] for b in ls.bottom]
+            if layer.is_loss:
+                logits, label = args[0], args[1]
+                preds.append(PREDICTION_ACTIVATION[ls.type](logits.float()))
+                labs.append(label.float())
+                if compute_loss:
+                    loss = layer(logits.float(), label.float())
+                    tensors[ls.top[0]] = loss
+                    out.losses[ls.top[0]] = loss
+                continue
+            result = layer(*args)
+            if isinstance(result, torch.Tensor):
+                result = (result,)
+            for t, value in zip(ls.top, result):
+                tensors[t] = value
+        out.predictions = torch.cat(preds, dim=1) if len(preds) > 1 else preds[0]
+        out.labels = torch.cat(labs, dim=1) if len(labs) > 1 else labs[0]
+        if compute_loss:
+            out.loss = self._total_loss(out.losses, dense.shape[0])
+        return out
+
+    def _total_loss(self, losses: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        weights = self.dense_weights()
+        label_w = dict(zip(self.schema.label_names, self.schema.label_weights or []))
+        for ls, layer in zip(self.specs, self.layers):
+            if not layer.is_loss:
+                continue
+            name = ls.top[0]
+            w = self.loss_weights.get(name, label_w.get(ls.bottom[1], 1.0))
+            term = losses[name] * w + layer.regularizer_term(weights, batch)
+            total = term if total is None else total + term
+        assert total is not None  # noqa: S101 - guaranteed by the loss-layer check in __init__
+        return total

@@ -1,0 +1,1 @@
+"""Training: the step engine, the ``fit`` loop with HugeCTR's log lines, callbacks."""
