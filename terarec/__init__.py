@@ -18,6 +18,7 @@ from terarec.compat.layers import (
 from terarec.compat.model import Model
 from terarec.compat.optimizer import CreateOptimizer, OptParamsPy
 from terarec.compat.reader import AsyncParam, DataReaderParams, DataReaderSparseParam
+from terarec.compat.session import Session, SolverParser, get_learning_rate_scheduler, solver_parser_helper
 from terarec.compat.solver import CreateSolver, Solver
 from terarec.data.source_params import DataSourceParams
 from terarec.enums import *  # noqa: F403 - HugeCTR exports every enum at top level
@@ -26,6 +27,8 @@ from terarec.optim.schedule import LearningRateScheduler
 from terarec.training.callbacks import TrainingCallback
 
 __version__ = "0.1.0"
+
+from terarec import optimizer  # noqa: E402 - ``hugectr.optimizer.CreateOptimizer`` (2.3-3.0)
 
 # HugeCTR's pybind enums are export_values()-ed: members are module attributes too
 # (``hugectr.Adam``). Names that clash between enums keep the first (as pybind does).
@@ -38,5 +41,6 @@ __all__ = [
     "AsyncParam", "CreateOptimizer", "CreateSolver", "DataReaderParams", "DataReaderSparseParam",
     "DataSourceParams", "DenseLayer", "DenseLayerComputeConfig", "GroupDenseLayer",
     "HybridEmbeddingParam", "Input", "LearningRateScheduler", "Model", "OptParamsPy", "Solver",
-    "SparseEmbedding", "TrainingCallback", "__version__", *ALL_ENUMS,
+    "Session", "SolverParser", "SparseEmbedding", "TrainingCallback", "get_learning_rate_scheduler",
+    "solver_parser_helper", "__version__", *ALL_ENUMS,
 ]

@@ -72,7 +72,9 @@ class Layer(nn.Module):
     # -- helpers for subclasses -------------------------------------------------------
     def fail(self, field: str, expected: str, received: Any) -> None:
         """Raise a ConfigError naming this layer and field."""
-        raise ConfigError(f"{self.type_name} layer {self.layer_name!r}: {field}", expected, received)
+        raise ConfigError(
+            f"{self.type_name} layer {self.layer_name!r}: {field}", expected, received
+        )
 
     def param(self, key: str, default: Any = None) -> Any:
         return self.params.get(key, default)

@@ -10,8 +10,8 @@ where ``pos_i = y_i`` and ``neg_i = 1 - y_i`` are the sample's positive/negative
 (``y`` in {0, 1}; fractional labels act as weights, like HugeCTR's TP/FP cumulative sums),
 ``neg(c)`` is the total negative weight of the samples satisfying ``c``, ``P = sum pos`` and
 ``N = sum neg``. On sorted predictions the two ``neg(...)`` terms are cumulative sums read at
-``searchsorted(left)`` / ``searchsorted(right)``, so the cost is one sort plus two binary
-searches: O(n log n), no Python loop, no data-dependent shapes.
+the first and last index of the sample's run of tied predictions (found with a running max /
+min), so the cost is one sort plus O(n) scans: no Python loop, no data-dependent shapes.
 
 Multi-label input ``(B, T)`` gives one AUC per column (:attr:`AUC.per_class`, HugeCTR prints
 them) and :meth:`AUC.compute` reports their arithmetic mean.
@@ -55,8 +55,15 @@ def exact_auc(preds: Tensor, labels: Tensor, single_class_value: float = float("
     pos = torch.gather(y, -1, order)
     neg = 1.0 - pos
     neg_cum = torch.nn.functional.pad(torch.cumsum(neg, dim=-1), (1, 0))  # (T, n + 1)
-    below = torch.gather(neg_cum, -1, torch.searchsorted(sorted_p, sorted_p, side="left"))
-    upto = torch.gather(neg_cum, -1, torch.searchsorted(sorted_p, sorted_p, side="right"))
+    # Tie groups: [first, last] index of each sample's run of equal predictions, found with
+    # running max/min (O(n), static shapes) instead of binary searches.
+    changes = sorted_p[:, 1:] != sorted_p[:, :-1]
+    edge = torch.ones_like(changes[:, :1])
+    idx = torch.arange(n, device=p.device).expand_as(sorted_p)
+    first = torch.where(torch.cat([edge, changes], dim=1), idx, 0).cummax(dim=-1).values
+    last = torch.where(torch.cat([changes, edge], dim=1), idx, n).flip(-1).cummin(-1).values
+    below = torch.gather(neg_cum, -1, first)  # negative weight with p < p_i
+    upto = torch.gather(neg_cum, -1, last.flip(-1) + 1)  # negative weight with p <= p_i
     area = 0.5 * (pos * (below + upto)).sum(dim=-1)
     n_pos = pos.sum(dim=-1)
     n_neg = neg_cum[:, -1]

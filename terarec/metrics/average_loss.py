@@ -49,10 +49,12 @@ class AverageLoss(BaseMetric):
     def compute(self) -> float:
         total = self._loss_sum
         dev = total.device if isinstance(total, Tensor) else torch.device("cpu")
-        state = torch.stack([
-            torch.as_tensor(total, dtype=torch.float64, device=dev),
-            torch.tensor(float(self._count), dtype=torch.float64, device=dev),
-        ])
+        state = torch.stack(
+            [
+                torch.as_tensor(total, dtype=torch.float64, device=dev),
+                torch.tensor(float(self._count), dtype=torch.float64, device=dev),
+            ]
+        )
         loss_sum, count = self._all_reduce_sum(state).tolist()
         return loss_sum / count if count > 0 else 0.0
 

@@ -88,7 +88,9 @@ class BaseMetric(abc.ABC):
                 where, "preds and labels as torch.Tensor", (type(preds), type(labels))
             )
         if preds.dim() not in (1, 2):
-            raise ConfigError(f"{where}(preds)", "a tensor shaped (B,) or (B, T)", tuple(preds.shape))
+            raise ConfigError(
+                f"{where}(preds)", "a tensor shaped (B,) or (B, T)", tuple(preds.shape)
+            )
         p = preds.detach()
         p = p.unsqueeze(1) if p.dim() == 1 else p
         if labels.numel() != p.numel():
@@ -147,7 +149,8 @@ class BaseMetric(abc.ABC):
         for n, w in sizes:
             if n > 0 and w != width:
                 raise ConfigError(
-                    f"{self.name}.compute", "the same number of labels per sample on every rank",
+                    f"{self.name}.compute",
+                    "the same number of labels per sample on every rank",
                     [s[1] for s in sizes],
                 )
         rows = max(n for n, _ in sizes)

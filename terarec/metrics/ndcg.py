@@ -33,9 +33,7 @@ def ndcg(preds: Tensor, labels: Tensor) -> float:
     if n == 0:
         return 0.0
     # Ascending position i has rank n - 1 - i from the top, so discount 1 / log2(n + 1 - i).
-    discount = 1.0 / torch.log2(
-        torch.arange(n + 1, 1, -1, device=p.device, dtype=torch.float64)
-    )
+    discount = 1.0 / torch.log2(torch.arange(n + 1, 1, -1, device=p.device, dtype=torch.float64))
     order = torch.sort(p, stable=True).indices
     dcg = (y[order] * discount).sum()
     idcg = (torch.sort(y).values * discount).sum()

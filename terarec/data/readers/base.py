@@ -1,0 +1,270 @@
+"""Reader API core: ``ReaderConfig``, the ``FormatSource`` protocol and the batching ``Reader``.
+
+A *format source* knows one file format: which files a ``source`` names, how many samples each
+holds and how to decode samples ``[start, stop)`` of a file into :class:`Chunk` s. The
+:class:`Reader` is format-agnostic: it splits the samples between ranks, decodes ahead on a pool
+of worker threads, (optionally) shuffles, cuts batches and handles epoch / repeat mode.
+
+Rank partitioning: when every file's sample count is known (Norm header, Raw/RawAsync size,
+Parquet metadata) rank ``r`` of ``W`` reads the contiguous global sample range
+``[N*r//W, N*(r+1)//W)``. For sources whose counts are unknown until read (Criteo TSV) each file
+is cut into blocks of ``block_rows`` lines and block ``j`` goes to rank ``j % W``. Either way every
+sample is read by exactly one rank.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from terarec.data.batch import Batch
+from terarec.data.readers.chunk import Chunk
+from terarec.data.schema import DataSchema
+from terarec.enums import name_of
+from terarec.errors import ConfigError, DataError
+
+
+@dataclass
+class ReaderConfig:
+    """What to read and how (the reader-relevant part of HugeCTR's ``DataReaderParams``).
+
+    ``format`` is a HugeCTR reader name (``"Norm"``, ``"Raw"``, ``"RawAsync"``, ``"Parquet"``) or
+    ``"CriteoTSV"``; enum members (``DataReaderType_t.Norm``, ``Check_t.Sum``) are accepted too.
+    """
+
+    format: Any
+    source: str | list[str]
+    check_type: Any = "Sum"
+    num_samples: int = 0
+    float_label_dense: bool = False
+    num_workers: int = 12
+    slot_size_array: list[int] = field(default_factory=list)
+    i64_input_key: bool = False
+    is_dense_float: bool = True
+    shuffle: bool = False
+    read_file_sequentially: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.format = name_of(self.format)
+        self.check_type = name_of(self.check_type)
+        if self.check_type not in ("Sum", "Non"):
+            raise ConfigError("ReaderConfig.check_type", "'Sum' or 'Non' (Check_t)", self.check_type)
+        self.slot_size_array = [int(s) for s in self.slot_size_array]
+        if any(s <= 0 for s in self.slot_size_array):
+            raise ConfigError("ReaderConfig.slot_size_array", "positive sizes", self.slot_size_array)
+        if self.num_samples < 0:
+            raise ConfigError("ReaderConfig.num_samples", "a non-negative count", self.num_samples)
+
+
+def read_file_list(path: str) -> list[str]:
+    """Parse a HugeCTR file list (§15.1): first line N, then N paths (relative to the CWD)."""
+    if not os.path.isfile(path):
+        raise DataError(path, "file list does not exist")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = [ln.strip() for ln in fh]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise DataError(path, "file list is empty; expected the number of files on line 1", row=1)
+    try:
+        n = int(lines[0])
+    except ValueError:
+        raise DataError(path, f"expected the number of files on line 1, got {lines[0]!r}",
+                        row=1) from None
+    files = lines[1:]
+    if n <= 0:
+        raise DataError(path, f"file list names {n} files; expected at least one", row=1)
+    if len(files) < n:
+        raise DataError(path, f"line 1 says {n} files but only {len(files)} paths follow",
+                        row=len(lines))
+    return files[:n]
+
+
+def check_files_exist(paths: list[str], where: str) -> None:
+    if not paths:
+        raise DataError(where, "no data files (empty file list)")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise DataError(p, f"data file does not exist (listed in {where})")
+
+
+class FormatSource(ABC):
+    """One file format. Subclasses register in ``READERS`` under HugeCTR's format name."""
+
+    #: counts per file known up front (contiguous rank ranges) or not (round-robin blocks).
+    counts_known: bool = True
+    #: rows per decode unit for formats that can decode any row range cheaply (0: whole file).
+    unit_rows: int = 0
+
+    def __init__(self, config: ReaderConfig, schema: DataSchema) -> None:
+        self.config = config
+        self.schema = schema
+        self.rank, self.world_size = 0, 1
+        self.paths = self.resolve(config.source)
+        self.counts = [self.file_num_samples(p) for p in self.paths] if self.counts_known else []
+
+    @abstractmethod
+    def resolve(self, source: str | list[str]) -> list[str]:
+        """The data files that ``source`` names (file list, directory, file)."""
+
+    @abstractmethod
+    def file_num_samples(self, path: str) -> int:
+        """Number of samples of one file (validates its header/size)."""
+
+    @abstractmethod
+    def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
+        """Decode samples ``[start, stop)`` of ``path`` (stop=-1: to the end, rank blocks)."""
+
+    def pieces(self, index: int, start: int, stop: int) -> list[tuple[int, int]]:
+        """Split a file's row range into decode units."""
+        if not self.unit_rows:
+            return [(start, stop)]
+        return [(a, min(a + self.unit_rows, stop)) for a in range(start, stop, self.unit_rows)]
+
+
+class Reader:
+    """An iterable of :class:`Batch` over one source (see module docstring).
+
+    ``batch_size`` is the number of samples per yielded batch for *this* reader (a rank's local
+    batch). In epoch mode (``repeat=False``) iteration ends at the end of the data; in repeat mode
+    it wraps around forever (a batch may span the end and the start of the data).
+    """
+
+    def __init__(
+        self, source_cls: type[FormatSource], config: ReaderConfig, schema: DataSchema,
+        batch_size: int, *, repeat: bool = True, rank: int = 0, world_size: int = 1,
+        drop_incomplete_batch: bool = True,
+    ) -> None:
+        if batch_size <= 0:
+            raise ConfigError("create_reader(batch_size=...)", "a positive integer", batch_size)
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ConfigError("create_reader(rank, world_size)", "0 <= rank < world_size",
+                              (rank, world_size))
+        self._cls = source_cls
+        self.config = config
+        self.schema = schema
+        self.batch_size = batch_size
+        self.repeat = repeat
+        self.rank, self.world_size = rank, world_size
+        self.drop_incomplete_batch = drop_incomplete_batch
+        self.epoch = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.source = self._cls(self.config, self.schema)
+        self.source.rank, self.source.world_size = self.rank, self.world_size
+
+    def set_source(self, source: str | list[str]) -> None:
+        """Read other files from now on (HugeCTR ``DataReader.set_source``); restarts the epoch."""
+        self.config.source = source
+        self._open()
+        self.epoch = 0
+
+    def reset(self) -> None:
+        """Start again from the first sample (epoch counter back to 0)."""
+        self.epoch = 0
+
+    @property
+    def total_samples(self) -> int | None:
+        """Samples in the whole source (all ranks), if known without reading it."""
+        return int(sum(self.source.counts)) if self.source.counts_known else None
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples this rank reads per epoch, if known."""
+        total = self.total_samples
+        if total is None:
+            return None
+        lo, hi = self._rank_range(total)
+        return hi - lo
+
+    def _rank_range(self, total: int) -> tuple[int, int]:
+        return total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
+
+    def _units(self, epoch: int) -> list[tuple[str, int, int]]:
+        src = self.source
+        order = list(range(len(src.paths)))
+        if not src.counts_known:
+            if self.config.shuffle:
+                np.random.default_rng(self.config.seed + epoch).shuffle(order)
+            return [(src.paths[i], 0, -1) for i in order]
+        bounds = np.concatenate(([0], np.cumsum(src.counts))).astype(np.int64)
+        lo, hi = self._rank_range(int(bounds[-1]))
+        units = []
+        for i in range(len(src.paths)):
+            a, b = max(lo, bounds[i]), min(hi, bounds[i + 1])
+            if a < b:
+                for p in src.pieces(i, int(a - bounds[i]), int(b - bounds[i])):
+                    units.append((src.paths[i], p[0], p[1]))
+        if self.config.shuffle:
+            perm = np.random.default_rng(self.config.seed + epoch).permutation(len(units))
+            units = [units[j] for j in perm]
+        return units
+
+    def _chunks(self) -> Iterator[Chunk]:
+        workers = max(1, min(self.config.num_workers, os.cpu_count() or 1))
+        rng = np.random.default_rng(self.config.seed + 7919)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terarec-decode") as pool:
+            while True:
+                units = self._units(self.epoch)
+                got = 0
+                if not self.source.counts_known or workers == 1:
+                    for path, a, b in units:
+                        for c in self.source.decode(path, a, b):
+                            got += len(c)
+                            yield self._maybe_shuffle(c, rng)
+                else:
+                    pending: deque[Future] = deque()
+                    it = iter(units)
+                    for u in it:
+                        pending.append(pool.submit(lambda u=u: list(self.source.decode(*u))))
+                        if len(pending) >= 2 * workers:
+                            break
+                    while pending:
+                        chunks = pending.popleft().result()
+                        nxt = next(it, None)
+                        if nxt is not None:
+                            pending.append(
+                                pool.submit(lambda u=nxt: list(self.source.decode(*u))))
+                        for c in chunks:
+                            got += len(c)
+                            yield self._maybe_shuffle(c, rng)
+                self.epoch += 1
+                if not self.repeat:
+                    return
+                if got == 0:
+                    raise DataError(str(self.config.source),
+                                    f"rank {self.rank} of {self.world_size} has no samples to read")
+
+    def _maybe_shuffle(self, c: Chunk, rng: np.random.Generator) -> Chunk:
+        return c.take(rng.permutation(len(c))) if self.config.shuffle and len(c) > 1 else c
+
+    def __iter__(self) -> Iterator[Batch]:
+        bs = self.batch_size
+        pending: list[Chunk] = []
+        have = 0
+        for chunk in self._chunks():
+            n = len(chunk)
+            pos = 0
+            if have:
+                need = bs - have
+                if n < need:
+                    pending.append(chunk)
+                    have += n
+                    continue
+                yield Chunk.concat([*pending, chunk.slice(0, need)]).to_batch(self.schema)
+                pending, have, pos = [], 0, need
+            while n - pos >= bs:
+                yield chunk.slice(pos, pos + bs).to_batch(self.schema)
+                pos += bs
+            if pos < n:
+                pending, have = [chunk.slice(pos, n)], n - pos
+        if have and not self.drop_incomplete_batch:
+            yield Chunk.concat(pending).to_batch(self.schema)

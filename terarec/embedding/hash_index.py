@@ -1,0 +1,253 @@
+"""Key -> row indexes for embedding tables, in plain vectorised torch (CPU and CUDA).
+
+Owns two :class:`~terarec.embedding.types.KeyIndex` implementations:
+
+* :class:`HashIndex` - arbitrary int64 keys (any value, including negative and > 2**40),
+  rows handed out in first-seen order 0, 1, 2, ... (like HugeCTR's hash table value index).
+  Open addressing with linear probing; every probing round is one batch of tensor ops over all
+  keys still searching, so there is no per-key Python loop. The slot array grows (rehash) to
+  keep the load factor <= 1/2; rows never move.
+* :class:`DirectIndex` - keys known to lie in ``[0, capacity)`` (tables sized by
+  ``slot_size_array`` with per-slot offsets, HugeCTR's ``LocalizedSlotSparseEmbeddingOneHot``):
+  row = key, no probing at all.
+
+Both raise :class:`~terarec.errors.CapacityError` instead of silently overwriting rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from terarec.embedding.mix import mix64
+from terarec.embedding.types import InsertResult
+from terarec.errors import CapacityError
+
+_MIN_SLOTS = 64
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 1).bit_length()
+
+
+def _first_positions(inverse: torch.Tensor, num_unique: int) -> torch.Tensor:
+    """Index of the first occurrence of each unique value given ``torch.unique``'s inverse."""
+    n = inverse.numel()
+    pos = torch.arange(n, device=inverse.device)
+    first = torch.full((num_unique,), n, dtype=torch.int64, device=inverse.device)
+    return first.scatter_reduce_(0, inverse, pos, reduce="amin")
+
+
+def _capacity_error(name: str, capacity: int, needed: int) -> CapacityError:
+    return CapacityError(
+        f"embedding table {name!r} is full: {needed} distinct keys needed but its capacity "
+        f"(max_vocabulary_size) is {capacity}. Increase workspace_size_per_gpu_in_mb "
+        f"(or the slot_size_array) of this embedding."
+    )
+
+
+class HashIndex:
+    """Vectorised open-addressing hash index (see module docstring).
+
+    Args:
+        capacity: maximum number of distinct keys (the table's max_vocabulary_size).
+        device: where the index tensors live.
+        name: table name used in error messages.
+
+    Example:
+        >>> idx = HashIndex(8)
+        >>> idx.lookup_or_insert(torch.tensor([7, 3, 7, 2**50])).tolist()
+        [0, 1, 0, 2]
+        >>> idx.lookup(torch.tensor([3, 5])).tolist()
+        [1, -1]
+    """
+
+    def __init__(self, capacity: int, device: torch.device | str | None = None,
+                 name: str = "") -> None:
+        if capacity <= 0:
+            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
+                                f"got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.name = name
+        self.clear()
+
+    def clear(self) -> None:
+        self._num_keys = 0
+        self._alloc_slots(_MIN_SLOTS)
+        self._row_keys = torch.empty(0, dtype=torch.int64, device=self.device)
+
+    def _alloc_slots(self, n: int) -> None:
+        self._slot_keys = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self._slot_rows = torch.full((n,), -1, dtype=torch.int64, device=self.device)
+
+    @property
+    def num_keys(self) -> int:
+        return self._num_keys
+
+    @property
+    def row_extent(self) -> int:
+        return self._num_keys
+
+    @property
+    def num_slots(self) -> int:
+        return self._slot_rows.numel()
+
+    def _home(self, keys: torch.Tensor) -> torch.Tensor:
+        return mix64(keys) & (self.num_slots - 1)
+
+    def _probe(self, keys: torch.Tensor) -> torch.Tensor:
+        """Rows of ``keys`` (-1 if absent): linear probing, one vectorised round per distance."""
+        out = torch.full_like(keys, -1)
+        mask = self.num_slots - 1
+        active = torch.arange(keys.numel(), device=keys.device)
+        pos = self._home(keys)
+        want = keys
+        while active.numel():
+            r = self._slot_rows[pos]
+            hit = (r >= 0) & (self._slot_keys[pos] == want)
+            out[active[hit]] = r[hit]
+            go_on = (r >= 0) & ~hit
+            active, pos, want = active[go_on], (pos[go_on] + 1) & mask, want[go_on]
+        return out
+
+    def _place(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store distinct keys that are not present yet. Slot conflicts go to the first key in
+        sort order (stable, deterministic); the others probe on."""
+        mask = self.num_slots - 1
+        pos = self._home(keys)
+        while keys.numel():
+            free = self._slot_rows[pos] < 0
+            cand = torch.nonzero(free).squeeze(1)
+            sorted_pos, order = torch.sort(pos[cand], stable=True)
+            lead = torch.ones_like(sorted_pos, dtype=torch.bool)
+            lead[1:] = sorted_pos[1:] != sorted_pos[:-1]
+            win = cand[order[lead]]
+            self._slot_keys[pos[win]] = keys[win]
+            self._slot_rows[pos[win]] = rows[win]
+            placed = torch.zeros_like(free)
+            placed[win] = True
+            left = ~placed
+            keys, rows, pos = keys[left], rows[left], (pos[left] + 1) & mask
+
+    def _reserve(self, total_keys: int) -> None:
+        """Grow the slot array (load factor <= 1/2) and the row -> key array."""
+        want_slots = max(_MIN_SLOTS, _next_pow2(2 * total_keys))
+        if want_slots > self.num_slots:
+            self._alloc_slots(want_slots)
+            n = self._num_keys
+            self._place(self._row_keys[:n], torch.arange(n, device=self.device))
+        if total_keys > self._row_keys.numel():
+            size = min(self.capacity, max(total_keys, 2 * self._row_keys.numel(), 16))
+            grown = torch.empty(size, dtype=torch.int64, device=self.device)
+            grown[: self._num_keys] = self._row_keys[: self._num_keys]
+            self._row_keys = grown
+
+    def insert(self, keys: torch.Tensor) -> InsertResult:
+        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        rows_u = self._probe(uniq)
+        missing = torch.nonzero(rows_u < 0).squeeze(1)
+        first = _first_positions(inverse, uniq.numel())
+        n_new = missing.numel()
+        if n_new == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return InsertResult(rows_u[inverse], empty, empty)
+        needed = self._num_keys + n_new
+        if needed > self.capacity:
+            raise _capacity_error(self.name, self.capacity, needed)
+        new_first, order = torch.sort(first[missing])
+        missing = missing[order]
+        new_rows = torch.arange(self._num_keys, needed, device=self.device)
+        rows_u[missing] = new_rows
+        self._reserve(needed)
+        self._place(uniq[missing], new_rows)
+        self._row_keys[self._num_keys:needed] = uniq[missing]
+        self._num_keys = needed
+        return InsertResult(rows_u[inverse], new_rows, new_first)
+
+    def lookup_or_insert(self, keys: torch.Tensor) -> torch.Tensor:
+        """Rows of ``keys``; unknown keys get the next free rows in first-seen order."""
+        return self.insert(keys).rows
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """Rows of ``keys``, -1 where a key is not in the index."""
+        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        return self._probe(uniq)[inverse]
+
+    def keys(self) -> torch.Tensor:
+        return self._row_keys[: self._num_keys].clone()
+
+    def rows(self) -> torch.Tensor:
+        return torch.arange(self._num_keys, device=self.device)
+
+
+class DirectIndex:
+    """Direct-mapped index: key ``k`` lives in row ``k``; keys must be in ``[0, capacity)``."""
+
+    def __init__(self, capacity: int, device: torch.device | str | None = None,
+                 name: str = "") -> None:
+        if capacity <= 0:
+            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
+                                f"got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.name = name
+        self.clear()
+
+    def clear(self) -> None:
+        self._used = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
+        self._num_keys = 0
+        self._extent = 0
+
+    @property
+    def num_keys(self) -> int:
+        return self._num_keys
+
+    @property
+    def row_extent(self) -> int:
+        return self._extent
+
+    def _check_range(self, keys: torch.Tensor) -> None:
+        if keys.numel() == 0:
+            return
+        lo, hi = int(keys.min()), int(keys.max())
+        if lo < 0 or hi >= self.capacity:
+            bad = lo if lo < 0 else hi
+            raise CapacityError(
+                f"embedding table {self.name!r} is direct-mapped (keys must be in "
+                f"[0, {self.capacity})) but got key {bad}. Check the slot offsets of the input, "
+                f"or enlarge the slot_size_array / use a hash table."
+            )
+
+    def insert(self, keys: torch.Tensor) -> InsertResult:
+        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        self._check_range(keys)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        first = _first_positions(inverse, uniq.numel())
+        is_new = torch.nonzero(~self._used[uniq]).squeeze(1)
+        new_first, order = torch.sort(first[is_new])
+        new_rows = uniq[is_new][order]
+        if new_rows.numel():
+            self._used[new_rows] = True
+            self._num_keys += new_rows.numel()
+            self._extent = max(self._extent, int(new_rows.max()) + 1)
+        return InsertResult(keys.clone(), new_rows, new_first)
+
+    def lookup_or_insert(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.insert(keys).rows
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        inside = (keys >= 0) & (keys < self.capacity)
+        safe = torch.where(inside, keys, torch.zeros_like(keys))
+        return torch.where(inside & self._used[safe], keys, torch.full_like(keys, -1))
+
+    def keys(self) -> torch.Tensor:
+        return torch.nonzero(self._used).squeeze(1)
+
+    def rows(self) -> torch.Tensor:
+        return self.keys()
+
+
+INDEX_TYPES = {"hash": HashIndex, "direct": DirectIndex}

@@ -1,0 +1,122 @@
+"""Shared, backend-free helpers of the kernels: argument checks, optimizer codes, CSR lengths.
+
+Both the torch twins (:mod:`terarec.kernels.reference`) and the Triton versions use these, so
+the two agree on what a valid input is and on how optimizer names map to update rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+# Update rules of hugectr_reference.md §5.2; the codes are the Triton kernels' constexpr OPT.
+SGD, MOMENTUM, NESTEROV, ADAGRAD, ADAM, FTRL = 1, 2, 3, 4, 5, 6
+OPT_CODES = {
+    "sgd": SGD, "momentumsgd": MOMENTUM, "momentum": MOMENTUM, "nesterov": NESTEROV,
+    "adagrad": ADAGRAD, "adam": ADAM, "ftrl": FTRL,
+}
+N_STATES = {SGD: 0, MOMENTUM: 1, NESTEROV: 1, ADAGRAD: 1, ADAM: 2, FTRL: 2}
+
+
+def opt_code(name: str) -> int:
+    """Rule code of an optimizer name (HugeCTR ``Optimizer_t`` names, case-insensitive)."""
+    code = OPT_CODES.get(name.lower().replace("_", ""))
+    if code is None:
+        raise ValueError(f"optimizer: expected one of {sorted(OPT_CODES)}. Received: {name!r}")
+    return code
+
+
+def rule_scalars(code: int, lr: float, momentum_factor: float, beta1: float, beta2: float,
+                 epsilon: float, lambda1: float, lambda2: float,
+                 step: int) -> tuple[float, float, float, float]:
+    """(lr', h1, h2, h3): the four scalars a rule reads (Adam's lr' is bias-corrected)."""
+    if code in (MOMENTUM, NESTEROV):
+        return lr, momentum_factor, 0.0, 0.0
+    if code == ADAGRAD:
+        return lr, epsilon, 0.0, 0.0
+    if code == ADAM:
+        if step < 1:
+            raise ValueError(f"adam step: expected an integer >= 1. Received: {step!r}")
+        alpha = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        return alpha, beta1, beta2, epsilon
+    if code == FTRL:
+        return lr, lambda1, lambda2, 0.0
+    return lr, 0.0, 0.0, 0.0
+
+
+def check_states(code: int, states: Sequence[torch.Tensor], weight: torch.Tensor) -> None:
+    """Every rule gets exactly its states, each float32 and shaped like ``weight``."""
+    if len(states) != N_STATES[code]:
+        raise ValueError(f"optimizer states: expected {N_STATES[code]}. Received: {len(states)}")
+    for s in states:
+        if s.shape != weight.shape or s.dtype != torch.float32 or s.device != weight.device:
+            raise ValueError("optimizer state: expected float32 shaped and placed like weight. "
+                             f"Received: {tuple(s.shape)} {s.dtype} {s.device}")
+
+
+def check_csr(rows: torch.Tensor, offsets: torch.Tensor) -> None:
+    """``rows`` int64 [nnz], ``offsets`` int64 [N+1] (N >= 0)."""
+    if rows.dim() != 1 or offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError("rows/offsets: expected 1-D tensors, offsets with N+1 >= 1 entries. "
+                         f"Received: {tuple(rows.shape)}, {tuple(offsets.shape)}")
+    if rows.dtype != torch.int64 or offsets.dtype != torch.int64:
+        raise ValueError(f"rows/offsets: expected int64. Received: {rows.dtype}, {offsets.dtype}")
+
+
+def check_update(weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
+    """``weight`` [R, D] contiguous, ``rows`` int64 [U], ``grad`` [U, D]."""
+    if weight.dim() != 2 or not weight.is_contiguous():
+        raise ValueError(f"weight: expected a contiguous [R, D] tensor. Received: {weight.shape}")
+    if rows.dtype != torch.int64 or rows.dim() != 1:
+        raise ValueError(f"rows: expected int64 [U]. Received: {rows.dtype} {tuple(rows.shape)}")
+    if grad.shape != (rows.numel(), weight.shape[1]):
+        raise ValueError(f"grad: expected [{rows.numel()}, {weight.shape[1]}]. "
+                         f"Received: {tuple(grad.shape)}")
+
+
+def lengths_of(offsets: torch.Tensor) -> torch.Tensor:
+    """Number of entries of each CSR row, int64 [N]."""
+    return offsets[1:] - offsets[:-1]
+
+
+def fixed_hotness(offsets: torch.Tensor, nnz: int) -> int:
+    """The common row length if ``offsets`` is ``arange(N+1) * h`` (checked), else 0.
+
+    The check costs one small device comparison and a host sync; callers that know the
+    hotness skip it by passing ``hotness=``.
+    """
+    n = offsets.numel() - 1
+    if n == 0 or nnz % n or nnz == 0:
+        return 0
+    h = nnz // n
+    ref = torch.arange(0, nnz + 1, h, device=offsets.device, dtype=offsets.dtype)
+    return h if bool(torch.equal(offsets, ref)) else 0
+
+
+def mean_flags(mean: bool | Sequence[bool] | torch.Tensor, tables: int,
+               device: torch.device) -> torch.Tensor:
+    """Per-table combiner flags as int32 [T] (1 = mean, 0 = sum)."""
+    if isinstance(mean, bool):
+        return torch.full((tables,), int(mean), dtype=torch.int32, device=device)
+    flags = torch.as_tensor(mean, device=device).to(torch.int32).reshape(-1)
+    if flags.numel() != tables:
+        raise ValueError(f"mean: expected a bool or {tables} flags. Received: {flags.numel()}")
+    return flags
+
+
+POISON = False  # tests set this: every output the kernels allocate starts as NaN / -1
+
+
+def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs (filled with NaN when :data:`POISON` is set)."""
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if POISON:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
+
+
+def random_seed() -> int:
+    """A seed for stochastic rounding drawn from torch's default CPU generator (no sync)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())

@@ -1,0 +1,150 @@
+"""Triton pooled embedding lookup: one launch for one table or for all tables of a model.
+
+One program pools ``BLOCK_Q`` CSR rows x ``BLOCK_D`` columns: it walks the rows' lookups in
+lock-step (``j``-th lookup of every row at once), gathers the table rows with one 2-D load
+and accumulates in float32. Fixed hotness (offsets = arange*h) skips the offsets reads; the
+general CSR path loops to the longest row of the block with a mask.
+
+Multi-table: the tables are concatenated along rows (``table_offsets`` = first row of each),
+the CSR is table-major and the output is written sample-major ``[B, T*slots, D]`` directly,
+so the interaction reads it without a transpose.
+
+Imported only through :mod:`terarec.kernels.select` (needs Triton).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from terarec.kernels import _common as C
+
+
+@triton.jit
+def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+                 n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
+                 HOT: tl.constexpr, MULTI: tl.constexpr, MEAN: tl.constexpr,
+                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qmask = q < n_q
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    if HOT > 0:
+        start = q * HOT
+        length = tl.full([BLOCK_Q], HOT, tl.int64)
+    else:
+        start = tl.load(offsets_ptr + q, mask=qmask, other=0)
+        length = tl.load(offsets_ptr + q + 1, mask=qmask, other=0) - start
+    if MULTI:
+        t = q // rows_per_table
+        base = tl.load(tbase_ptr + t, mask=qmask, other=0)
+    else:
+        t = q * 0
+        base = q * 0
+    acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    if HOT > 0:
+        for j in range(0, HOT):
+            r = tl.load(rows_ptr + start + j, mask=qmask, other=0) + base
+            v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :],
+                        mask=qmask[:, None] & dmask[None, :], other=0.0)
+            acc += v.to(tl.float32)
+    else:
+        max_len = tl.max(tl.where(qmask, length, 0), axis=0)
+        j = 0
+        while j < max_len:  # (a while loop: the interpreter rejects range(tensor))
+            m = qmask & (j < length)
+            r = tl.load(rows_ptr + start + j, mask=m, other=0) + base
+            v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :],
+                        mask=m[:, None] & dmask[None, :], other=0.0)
+            acc += v.to(tl.float32)
+            j += 1
+    if MEAN == 1:
+        acc = acc / tl.maximum(length, 1).to(tl.float32)[:, None]
+    elif MEAN == 2:
+        flag = tl.load(mean_ptr + t, mask=qmask, other=0)
+        div = tl.where(flag != 0, tl.maximum(length, 1), 1).to(tl.float32)
+        acc = acc / div[:, None]
+    if MULTI:
+        rr = q - t * rows_per_table
+        b = rr // slots
+        s = rr - b * slots
+        out_row = b * (tables * slots) + t * slots + s
+    else:
+        out_row = q
+    tl.store(out_ptr + out_row[:, None] * out_stride + d[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
+
+
+def _blocks(dim: int) -> tuple[int, int, int]:
+    block_d = min(triton.next_power_of_2(max(dim, 1)), 256)
+    block_q = max(8, min(128, 4096 // block_d))
+    num_warps = 4 if block_q * block_d <= 4096 else 8
+    return block_q, block_d, num_warps
+
+
+def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
+            tbase: torch.Tensor, flags: torch.Tensor, out: torch.Tensor, mean_mode: int,
+            multi: bool, rows_per_table: int, slots: int, tables: int, hot: int) -> None:
+    n_q = offsets.numel() - 1
+    dim = weight.shape[1]
+    if n_q == 0 or dim == 0:
+        return
+    if weight.stride(1) != 1:
+        raise ValueError("weight: expected unit stride along the embedding dimension")
+    block_q, block_d, warps = _blocks(dim)
+    grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
+    _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
+                       tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
+                       MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps)
+
+
+def _hotness(hotness: int | None, offsets: torch.Tensor, nnz: int) -> int:
+    if hotness is None:
+        return C.fixed_hotness(offsets, nnz)
+    return hotness
+
+
+def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, mean: bool,
+                  out_dtype: torch.dtype | None = None,
+                  hotness: int | None = None) -> torch.Tensor:
+    """Triton twin of :func:`terarec.kernels.reference.pooled_lookup`.
+
+    ``hotness``: pass the fixed number of lookups per CSR row when known (0 = general CSR);
+    None checks ``offsets`` (one small comparison and a host sync).
+    """
+    C.check_csr(rows, offsets)
+    n_q = offsets.numel() - 1
+    out = C.new_empty((n_q, weight.shape[1]), out_dtype or weight.dtype, weight.device)
+    hot = _hotness(hotness, offsets, rows.numel())
+    _launch(weight, rows, offsets, offsets, offsets, out, 1 if mean else 0, False, n_q, 1, 1,
+            hot)
+    return out
+
+
+def pooled_lookup_multi(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
+                        table_offsets: torch.Tensor, mean: bool | Sequence[bool] | torch.Tensor,
+                        slots: int = 1, out_dtype: torch.dtype | None = None,
+                        hotness: int | None = None) -> torch.Tensor:
+    """Triton twin of :func:`terarec.kernels.reference.pooled_lookup_multi` (one launch)."""
+    C.check_csr(rows, offsets)
+    tables = table_offsets.numel()
+    n_q = offsets.numel() - 1
+    if tables == 0 or n_q % (tables * slots):
+        raise ValueError(f"offsets: expected T*B*slots+1 entries (T={tables}, slots={slots}). "
+                         f"Received: {offsets.numel()}")
+    b = n_q // (tables * slots)
+    out = C.new_empty((b, tables * slots, weight.shape[1]), out_dtype or weight.dtype,
+                      weight.device)
+    if isinstance(mean, bool):
+        mode, flags = (1 if mean else 0), offsets
+    else:
+        mode, flags = 2, C.mean_flags(mean, tables, weight.device)
+    tbase = table_offsets.to(device=weight.device, dtype=torch.int64)
+    hot = _hotness(hotness, offsets, rows.numel())
+    _launch(weight, rows, offsets, tbase, flags, out, mode, True, b * slots, slots, tables, hot)
+    return out

@@ -1,0 +1,134 @@
+"""The ``MLP`` layer: a chain of fully connected layers with per-layer activation and bias.
+
+Owns HugeCTR's MLP semantics: ``num_outputs`` lists the widths, ``activations`` (or one
+``act_type`` for every layer) picks "Relu"/"Non" per layer, ``biases`` (or one ``use_bias``)
+says which layers have a bias. Weights per layer W_i (in, out) then b_i (1, out), in that
+order in the dense model file. A second bottom (HugeCTR's FP16 Interaction "grad" top) is
+accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from terarec.layers.base import LAYERS, Layer, Shape
+from terarec.layers.common import (
+    FC_INITS,
+    act_to_json,
+    hp,
+    hp_act,
+    hp_init,
+    hp_int_list,
+    inits_from_json,
+    inits_to_json,
+    json_get,
+    json_obj,
+    make_param,
+    pget,
+    require_rank,
+)
+
+
+@LAYERS.register("MLP")
+class MLP(Layer):
+    """Stack of FC(+ReLU) layers.
+
+    Args (params): num_outputs (list, required), act_type, activations, use_bias, biases,
+        weight_init_type, bias_init_type (num_output is informational: the last width).
+    Shapes: (B, K) -> (B, num_outputs[-1]); 3D (B, S, K) -> (B, S, num_outputs[-1]).
+
+    Example:
+        >>> m = MLP({"num_outputs": [4, 1], "activations": ["Relu", "Non"]}, [(8, 3)])
+        >>> m(torch.zeros(2, 3)).shape
+        torch.Size([2, 1])
+    """
+
+    type_name = "MLP"
+    num_inputs = (1, 2)
+
+    def __init__(self, params: dict[str, Any], input_shapes: list[Shape], **kw: Any) -> None:
+        super().__init__(params, input_shapes, **kw)
+        shape = require_rank(self, 0, (2, 3))
+        widths = hp_int_list(self, "num_outputs")
+        if not widths and "num_output" in self.params:
+            widths = [int(self.params["num_output"])]
+        if not widths or any(w < 1 for w in widths):
+            self.fail("num_outputs", "a non-empty list of positive widths", widths)
+        n = len(widths)
+        acts = hp(self, "activations") or [hp(self, "act_type")] * n
+        biases = hp(self, "biases") or [bool(hp(self, "use_bias"))] * n
+        if len(acts) != n:
+            self.fail("activations", f"{n} entries (one per layer)", acts)
+        if len(biases) != n or not all(isinstance(b, bool) for b in biases):
+            self.fail("biases", f"{n} booleans (one per layer)", biases)
+        self.acts = [hp_act(self, a, "activations") for a in acts]
+        self.use_biases = list(biases)
+        self.widths = widths
+        w_kind = hp_init(self, "weight_init_type")
+        b_kind = hp_init(self, "bias_init_type")
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self._order: list[nn.Parameter] = []
+        k = shape[-1]
+        for width, has_bias in zip(widths, biases):
+            w = make_param(self, w_kind, "fc_weight", (k, width), k, width)
+            self.weights.append(w)
+            self._order.append(w)
+            if has_bias:
+                b = make_param(self, b_kind, "fc_bias", (1, width), k, width)
+                self.biases.append(b)
+                self._order.append(b)
+            k = width
+
+    def output_shapes(self) -> list[Shape]:
+        return [(*self.input_shapes[0][:-1], self.widths[-1])]
+
+    def forward(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        bi = 0
+        for i, w in enumerate(self.weights):
+            x = torch.matmul(x, w.to(x.dtype))
+            if self.use_biases[i]:
+                x = x + self.biases[bi].to(x.dtype).view(-1)
+                bi += 1
+            if self.acts[i] == "Relu":
+                x = torch.relu(x)
+        return x
+
+    def dense_weights(self) -> list[torch.Tensor]:
+        return list(self._order)
+
+    @classmethod
+    def params_to_json(cls, params: dict[str, Any]) -> dict[str, Any]:
+        widths = [int(w) for w in pget(params, "num_outputs")]
+        mlp: dict[str, Any] = {
+            "num_output": int(params.get("num_output", widths[-1] if widths else 1)),
+            "num_outputs": widths,
+        }
+        biases = pget(params, "biases")
+        if biases:
+            mlp["biases"] = [bool(b) for b in biases]
+        else:
+            mlp["use_bias"] = bool(pget(params, "use_bias"))
+        acts = pget(params, "activations")
+        if acts:
+            mlp["activations"] = [act_to_json(a) for a in acts]
+        else:
+            mlp["activation"] = act_to_json(pget(params, "act_type"))
+        inits_to_json(params, mlp, FC_INITS)
+        return {"mlp_param": mlp}
+
+    @classmethod
+    def params_from_json(cls, entry: dict[str, Any], where: str) -> dict[str, Any]:
+        w = f"{where}.mlp_param"
+        mlp = json_obj(entry, "mlp_param", where)
+        out: dict[str, Any] = {"num_output": int(json_get(mlp, "num_output", w))}
+        out["num_outputs"] = [int(v) for v in json_get(mlp, "num_outputs", w, [out["num_output"]])]
+        for src, dst in (("use_bias", "use_bias"), ("biases", "biases"),
+                         ("activation", "act_type"), ("activations", "activations")):
+            if src in mlp:
+                out[dst] = mlp[src]
+        inits_from_json(mlp, w, FC_INITS, out)
+        return out
