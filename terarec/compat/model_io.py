@@ -52,6 +52,7 @@ class ModelFilesMixin:
                                table.optimizer_state_bytes())
         state = {"format": "terarec-training-state", "version": 1, "iter": iter,
                  "scheduler_step": self.scheduler.step,
+                 "dense_optimizer_step": int(getattr(engine.dense_optimizer, "t", 0)),
                  "model_name": self.spec.model_name,
                  "tables": list(engine.tables)}
         write_bytes_atomic(f"{prefix}_state_{iter}.json",
@@ -108,7 +109,7 @@ class ModelFilesMixin:
             if not os.path.isfile(path):
                 raise DataError(path, "sparse optimizer state file not found")
             with open(path, "rb") as fh:
-                table.load_optimizer_state_bytes(fh.read(), source=path)
+                table.load_optimizer_state_bytes(fh.read())
 
     def load_training_state(self, prefix: str, iter: int) -> None:  # noqa: A002
         """Load every file ``save_params_to_files(prefix, iter)`` wrote and the schedule position."""
@@ -122,6 +123,9 @@ class ModelFilesMixin:
             with open(path) as fh:
                 state = json.load(fh)
             self.scheduler.step = int(state.get("scheduler_step", 0))
+            opt = self._engine().dense_optimizer
+            if opt is not None and hasattr(opt, "t"):
+                opt.t = int(state.get("dense_optimizer_step", 0))
 
     @torch.no_grad()
     def dense_weights_numpy(self) -> list[Any]:

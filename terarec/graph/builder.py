@@ -62,6 +62,7 @@ class DenseNetwork(nn.Module):
         batch_size: int,
         generator: torch.Generator | None = None,
         loss_weights: dict[str, float] | None = None,
+        require_loss: bool = True,
     ) -> None:
         super().__init__()
         from terarec.layers import build_layer
@@ -97,7 +98,7 @@ class DenseNetwork(nn.Module):
                 self.loss_tops.append(ls.top[0])
             self.layers.append(layer)
         self.shapes = shapes
-        if not self.loss_tops:
+        if not self.loss_tops and require_loss:
             raise ConfigError("Model.compile", "at least one loss layer (e.g. "
                               "BinaryCrossEntropyLoss)", [s.type for s in self.specs])
         self.loss_weights = dict(loss_weights or {})
@@ -152,6 +153,11 @@ class DenseNetwork(nn.Module):
                 result = (result,)
             for t, value in zip(ls.top, result):
                 tensors[t] = value
+        if not preds:  # inference graph ending in e.g. Sigmoid: the last top is the prediction
+            last = tensors[self.specs[-1].top[0]] if self.specs else dense
+            out.predictions = last.float().reshape(last.shape[0], -1)
+            out.labels = labels.float()
+            return out
         out.predictions = torch.cat(preds, dim=1) if len(preds) > 1 else preds[0]
         out.labels = torch.cat(labs, dim=1) if len(labs) > 1 else labs[0]
         if compute_loss:

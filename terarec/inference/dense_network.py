@@ -11,7 +11,6 @@ The dense part needs :mod:`terarec.graph`, imported lazily here only.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from terarec.errors import ConfigError, NotSupportedError
+from terarec.errors import ConfigError
 
 DenseFn = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -94,21 +93,10 @@ def build_dense_network(graph_json_path: str | os.PathLike[str], dense_model_fil
         device: where the dense network runs.
         non_trainable_params_file: ``.ntp.json`` with BatchNorm running statistics.
 
-    Raises:
-        NotSupportedError: when the training-side graph builder is not available.
     """
+    from terarec.graph.inference import build_inference_network
+
     specs = embedding_specs_from_graph(graph_json_path)
-    try:
-        graph = importlib.import_module("terarec.graph")
-    except ImportError as exc:
-        raise NotSupportedError(
-            "build_dense_network needs terarec.graph (the dense-graph builder), which is not "
-            "installed in this build") from exc
-    builder = getattr(graph, "build_inference_network", None)
-    if builder is None:
-        raise NotSupportedError(
-            "terarec.graph does not provide build_inference_network(graph_json_path, "
-            "dense_model_file, device, non_trainable_params_file) yet; inference of a graph "
-            "JSON is not available until it does")
-    dense_fn = builder(graph_json_path, dense_model_file, device, non_trainable_params_file)
+    dense_fn, _ = build_inference_network(graph_json_path, dense_model_file, device,
+                                          non_trainable_params_file)
     return dense_fn, specs

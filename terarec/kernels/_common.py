@@ -7,6 +7,7 @@ the two agree on what a valid input is and on how optimizer names map to update 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -115,6 +116,12 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     if POISON:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+def interpreting() -> bool:
+    """True under Triton's CPU interpreter (which rejects ``range(tensor)``; the GPU compiler
+    fails on some ``while`` loops, so the kernels take a constexpr to pick the loop form)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def random_seed() -> int:

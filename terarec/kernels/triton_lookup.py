@@ -24,10 +24,18 @@ from terarec.kernels import _common as C
 
 
 @triton.jit
+def _gather_add(acc, w_ptr, rows_ptr, pos, base, m, d, dmask, w_stride):
+    r = tl.load(rows_ptr + pos, mask=m, other=0) + base
+    v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :], mask=m[:, None] & dmask[None, :],
+                other=0.0)
+    return acc + v.to(tl.float32)
+
+
+@triton.jit
 def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
                  n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
                  HOT: tl.constexpr, MULTI: tl.constexpr, MEAN: tl.constexpr,
-                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
     pid_q = tl.program_id(0)
     pid_d = tl.program_id(1)
     q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -49,20 +57,19 @@ def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
     if HOT > 0:
         for j in range(0, HOT):
-            r = tl.load(rows_ptr + start + j, mask=qmask, other=0) + base
-            v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :],
-                        mask=qmask[:, None] & dmask[None, :], other=0.0)
-            acc += v.to(tl.float32)
+            acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask, d, dmask, w_stride)
     else:
         max_len = tl.max(tl.where(qmask, length, 0), axis=0)
-        j = 0
-        while j < max_len:  # (a while loop: the interpreter rejects range(tensor))
-            m = qmask & (j < length)
-            r = tl.load(rows_ptr + start + j, mask=m, other=0) + base
-            v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :],
-                        mask=m[:, None] & dmask[None, :], other=0.0)
-            acc += v.to(tl.float32)
-            j += 1
+        if INTERP:  # the interpreter rejects range(tensor)
+            j = 0
+            while j < max_len:
+                acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask & (j < length),
+                                  d, dmask, w_stride)
+                j += 1
+        else:
+            for j in range(0, max_len):
+                acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask & (j < length),
+                                  d, dmask, w_stride)
     if MEAN == 1:
         acc = acc / tl.maximum(length, 1).to(tl.float32)[:, None]
     elif MEAN == 2:
@@ -100,7 +107,8 @@ def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
     _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
                        tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
-                       MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps)
+                       MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d,
+                       INTERP=C.interpreting(), num_warps=warps)
 
 
 def _hotness(hotness: int | None, offsets: torch.Tensor, nnz: int) -> int:

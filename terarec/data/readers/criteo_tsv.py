@@ -1,0 +1,148 @@
+"""Raw Criteo TSV reader ("CriteoTSV"): Kaggle / 1TB day files, plain or ``.gz``, read directly.
+
+Line = ``label \\t I1..I13 \\t C1..C26`` (40 fields). Decoding (vectorised numpy, see
+:mod:`terarec.data.textparse`):
+
+* label: integer, required.
+* dense: missing -> 0, negative -> 0 (Criteo's I2 has -1..-3), then ``log(x + 1)``.
+* categorical: the 8-hex-digit value ``v`` is hashed with ``mix64(v, salt=slot)``; a missing value
+  gets the reserved id 0. With ``slot_size_array`` (``M_s`` per slot, each >= 2) the key is
+  ``1 + h % (M_s - 1)`` plus the slot offset ``sum(M[:s])`` (like Parquet); without it the key is
+  ``1 + h % (2^63 - 1)`` (``i64_input_key``) or ``1 + h % (2^32 - 1)``, salted per slot.
+
+``source``: a file, a list of files, or a file list (§15.1, first line = count). The schema must
+be label_dim 1, dense_dim 13 and 26 one-hot slots. Files are streamed in blocks of ~16 MiB; with
+``world_size > 1`` block ``j`` of a file goes to rank ``j % world_size``.
+A line with the wrong field count or a non-numeric / non-hex field raises a DataError naming the
+file, the line (1-based) and the column.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from terarec.data.readers.base import FormatSource, check_files_exist, read_file_list
+from terarec.data.readers.chunk import Chunk, split_slots
+from terarec.data.textparse import (
+    mix64,
+    parse_hex,
+    parse_ints,
+    raise_bad_count,
+    raise_first_bad,
+    split_fields,
+)
+from terarec.errors import DataError
+
+N_DENSE, N_CAT = 13, 26
+COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+BLOCK_BYTES = 16 << 20
+
+
+def iter_line_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(first_line_number, bytes of whole lines)`` blocks of a text file (``.gz`` ok)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    line = 1
+    rest = b""
+    with opener(path, "rb") as fh:
+        while True:
+            data = fh.read(block_bytes)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            yield line, block
+            line += block.count(b"\n")
+    if rest:
+        yield line, rest + b"\n"
+
+
+def hash_categoricals(vals: np.ndarray, missing: np.ndarray, sizes: list[int], i64: bool
+                      ) -> np.ndarray:
+    """Hash hex values (n, S) to keys as described in the module docstring."""
+    n, S = vals.shape
+    keys = np.empty((n, S), dtype=np.int64)
+    offs = np.concatenate(([0], np.cumsum(sizes)[:-1])) if sizes else None
+    space = (1 << 63) - 1 if i64 else (1 << 32) - 1
+    for s in range(S):
+        h = mix64(vals[:, s], salt=s + 1)
+        m = np.uint64(sizes[s] - 1 if sizes else space)
+        k = (h % m).astype(np.int64) + 1
+        k[missing[:, s]] = 0
+        keys[:, s] = k + (offs[s] if sizes else 0)
+    return keys
+
+
+class CriteoTSVSource(FormatSource):
+    counts_known = False
+
+    def resolve(self, source: str | list[str]) -> list[str]:
+        sch = self.schema
+        if sch.label_dim != 1 or sch.dense_dim != N_DENSE or sch.total_slots != N_CAT or any(
+                n != 1 for sp in sch.sparse for n in sp.nnz_per_slot):
+            raise DataError(str(source), "the Criteo TSV reader needs label_dim=1, dense_dim=13 "
+                            f"and 26 one-hot slots; the Input has label_dim={sch.label_dim}, "
+                            f"dense_dim={sch.dense_dim}, slots={sch.total_slots}")
+        sizes = self.config.slot_size_array
+        if sizes and (len(sizes) != N_CAT or min(sizes) < 2):
+            raise DataError(str(source), f"slot_size_array must have 26 sizes >= 2, got {sizes}")
+        items = [source] if isinstance(source, str) else list(source)
+        paths: list[str] = []
+        for item in items:
+            if item.endswith((".txt", ".list")) and _looks_like_file_list(item):
+                paths += read_file_list(item)
+            else:
+                paths.append(item)
+        check_files_exist(paths, items[0] if items else "<source>")
+        return paths
+
+    def file_num_samples(self, path: str) -> int:  # pragma: no cover - counts_known is False
+        raise NotImplementedError
+
+    def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
+        if os.path.getsize(path) == 0:
+            raise DataError(path, "file is empty")
+        for j, (line0, block) in enumerate(iter_line_blocks(path)):
+            if j % self.world_size != self.rank:
+                continue
+            yield parse_criteo_block(path, np.frombuffer(block, np.uint8), line0,
+                                     self.config.slot_size_array, self.config.i64_input_key,
+                                     self.schema)
+
+
+def parse_criteo_block(path, buf, line0, sizes, i64, schema) -> Chunk:
+    f = split_fields(buf, 9, 40, line0)
+    if f.bad_lines.size:
+        raise_bad_count(path, f, 40)
+    ints, miss, bad = parse_ints(f.buf, f.starts[:, :14], f.ends[:, :14])
+    if bad.any():
+        raise_first_bad(path, f, bad, COLUMNS, "an integer")
+    if miss[:, 0].any():
+        raise_first_bad(path, f, np.c_[miss[:, :1], np.zeros((len(miss), 13), bool)], COLUMNS,
+                        "a label (0 or 1)")
+    labels = ints[:, :1].astype(np.float32)
+    dense = np.log1p(np.maximum(ints[:, 1:], 0).astype(np.float32))
+    hexv, hmiss, hbad = parse_hex(f.buf, f.starts[:, 14:], f.ends[:, 14:])
+    if hbad.any():
+        raise_first_bad(path, f, np.c_[np.zeros((len(hbad), 14), bool), hbad], COLUMNS,
+                        "a hexadecimal categorical value")
+    keys = hash_categoricals(hexv, hmiss, sizes, i64)
+    n = len(labels)
+    k, ln = split_slots(schema, keys.reshape(-1), np.ones((n, N_CAT), np.int64))
+    return Chunk(labels, dense, k, ln)
+
+
+def _looks_like_file_list(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline().strip()
+        return first.isdigit()
+    except OSError:
+        return False
