@@ -64,12 +64,25 @@ def _finish(out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, u, umask, mask, d, D, g, l
 
 
 @triton.jit
+def _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, pos, m, d, dmask, go_stride,
+             rows_per_table, slots, tables, HOT: tl.constexpr, MULTI: tl.constexpr,
+             SCALED: tl.constexpr):
+    p = tl.load(perm_ptr + pos, mask=m, other=0)
+    q, g_row = _src_row(p, qpos_ptr, m, rows_per_table, slots, tables, HOT=HOT, MULTI=MULTI)
+    g = tl.load(go_ptr + g_row[:, None] * go_stride + d[None, :],
+                mask=m[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    if SCALED:
+        g = g * tl.load(qscale_ptr + q, mask=m, other=0.0)[:, None]
+    return acc + g
+
+
+@triton.jit
 def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot_ptr,
                 part_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, n_u, D, go_stride,
                 rows_per_table, slots, tables, gscale, lr, h1, h2, h3, seed,
                 HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
                 OPT: tl.constexpr, SR: tl.constexpr, CAP_: tl.constexpr,
-                BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
     u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     umask = u < n_u
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -78,17 +91,18 @@ def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot
     cnt = tl.minimum(tl.load(cnt_ptr + u, mask=umask, other=0), CAP_)
     acc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
     max_cnt = tl.max(cnt, axis=0)
-    j = 0
-    while j < max_cnt:
-        m = umask & (j < cnt)
-        p = tl.load(perm_ptr + start + j, mask=m, other=0)
-        q, g_row = _src_row(p, qpos_ptr, m, rows_per_table, slots, tables, HOT=HOT, MULTI=MULTI)
-        g = tl.load(go_ptr + g_row[:, None] * go_stride + d[None, :],
-                    mask=m[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        if SCALED:
-            g = g * tl.load(qscale_ptr + q, mask=m, other=0.0)[:, None]
-        acc += g
-        j += 1
+    if INTERP:  # the interpreter rejects range(tensor)
+        j = 0
+        while j < max_cnt:
+            acc = _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start + j,
+                           umask & (j < cnt), d, dmask, go_stride, rows_per_table, slots,
+                           tables, HOT=HOT, MULTI=MULTI, SCALED=SCALED)
+            j += 1
+    else:
+        for j in range(0, max_cnt):
+            acc = _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start + j,
+                           umask & (j < cnt), d, dmask, go_stride, rows_per_table, slots,
+                           tables, HOT=HOT, MULTI=MULTI, SCALED=SCALED)
     slot = tl.load(slot_ptr + u, mask=umask, other=-1)
     hot = umask & (slot >= 0)
     tl.store(part_ptr + slot[:, None] * D + d[None, :], acc,
@@ -123,9 +137,17 @@ def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, ch
 
 
 @triton.jit
+def _part_add(acc, part_ptr, first, j, nc, d, dmask, D, BLOCK_C: tl.constexpr):
+    cc = j + tl.arange(0, BLOCK_C)
+    return acc + tl.load(part_ptr + (first + cc)[:, None] * D + d[None, :],
+                         mask=(cc < nc)[:, None] & dmask[None, :], other=0.0)
+
+
+@triton.jit
 def _combine_kernel(part_ptr, hot_u_ptr, slot_ptr, nch_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr,
                     uniq_ptr, D, gscale, lr, h1, h2, h3, seed, OPT: tl.constexpr,
-                    SR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+                    SR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                    INTERP: tl.constexpr):
     h = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
@@ -135,13 +157,14 @@ def _combine_kernel(part_ptr, hot_u_ptr, slot_ptr, nch_ptr, out_ptr, w_ptr, s1_p
     acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
     nc_s = tl.max(nc, axis=0)
     first_s = tl.max(first, axis=0)
-    j = 0
-    while j < nc_s:
-        cc = j + tl.arange(0, BLOCK_C)
-        cm = cc < nc_s
-        acc += tl.load(part_ptr + (first_s + cc)[:, None] * D + d[None, :],
-                       mask=cm[:, None] & dmask[None, :], other=0.0)
-        j += BLOCK_C
+    if INTERP:
+        j = 0
+        while j < nc_s:
+            acc = _part_add(acc, part_ptr, first_s, j, nc_s, d, dmask, D, BLOCK_C=BLOCK_C)
+            j += BLOCK_C
+    else:
+        for j in range(0, nc_s, BLOCK_C):
+            acc = _part_add(acc, part_ptr, first_s, j, nc_s, d, dmask, D, BLOCK_C=BLOCK_C)
     g = tl.sum(acc, axis=0)[None, :] * gscale
     _finish(out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, u, u >= 0, dmask[None, :], d, D, g, lr,
             h1, h2, h3, seed, OPT=OPT, SR=SR)
@@ -203,7 +226,8 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         go, perm, qpos if qpos is not None else dummy, qscale if scaled else dummy, starts,
         counts, slot, part, out if out is not None else part, w, s1, s2, uniq, n_u, dim,
         go.stride(0), rpt, slots, tables, gscale, lr, h1, h2, h3, seed, OPT=code, SR=sr,
-        CAP_=CAP, BLOCK_U=block_u, BLOCK_D=block_d, num_warps=4, **common)
+        CAP_=CAP, BLOCK_U=block_u, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4,
+        **common)
     if n_part:
         ch_u = hot_u.repeat_interleave(nch, output_size=n_part)
         ch_k = torch.arange(n_part, device=dev) - slot[ch_u]
@@ -218,7 +242,7 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         _combine_kernel[(hot_u.numel(), triton.cdiv(dim, block_d))](
             part, hot_u, slot, nch, out if out is not None else part, w, s1, s2, uniq, dim,
             gscale, lr, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16, BLOCK_D=block_d,
-            num_warps=4)
+            INTERP=C.interpreting(), num_warps=4)
     return uniq, out
 
 
