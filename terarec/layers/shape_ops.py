@@ -116,9 +116,13 @@ class Reshape(Layer):
             elif per_sample % lead == 0:
                 k = per_sample // lead
                 self.out_shape, self.runtime = (b * k, lead), [-1, lead]
+            elif lead % per_sample == 0 and b % (lead // per_sample) == 0:
+                # HugeCTR's v1 Reshape only needs the total to divide: rows that were split
+                # earlier (e.g. (B*S, k) in DeepFM) are merged back into (B, S*k).
+                self.out_shape, self.runtime = (b * per_sample // lead, lead), [-1, lead]
             else:
-                self.fail("leading_dim", f"a divisor of the {per_sample} elements per sample",
-                          lead)
+                self.fail("leading_dim", f"a divisor or multiple of the {per_sample} elements "
+                          "per row", lead)
 
     def _v2_shape(self, shape: list[int]) -> Shape:
         total = math.prod(self.in_shape)
