@@ -63,7 +63,11 @@ def compare(name: str, nbytes: float, fn: Callable[[], object], smoke: bool,
     res = {}
     for backend in ("triton", "torch"):
         with K.use_triton(backend == "triton"):
-            res[backend] = bench(fn, smoke)
+            try:
+                res[backend] = bench(fn, smoke)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the next kernel
+                print(f"{name}: {backend} FAILED: {str(exc)[-300:]}", flush=True)
+                res[backend] = float("nan")
     row = dict(kernel=name, triton_ms=res["triton"], torch_ms=res["torch"],
                triton_gbs=nbytes / res["triton"] / 1e6, torch_gbs=nbytes / res["torch"] / 1e6,
                speedup=res["torch"] / res["triton"], note=note)

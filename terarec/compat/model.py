@@ -29,7 +29,6 @@ from terarec.optim.config import OptimizerConfig
 from terarec.optim.schedule import LearningRateScheduler
 from terarec.training.engine import Engine
 from terarec.training.fit import FitOptions, run_fit
-from terarec.training.logging import log
 from terarec.training.precision import PrecisionConfig
 from terarec.training.tables import build_tables
 from terarec.utils.device import resolve_device
@@ -64,10 +63,10 @@ class Model(ModelFilesMixin):
         self._eval_losses: list[tuple[float, int]] = []
         self._loss_names: list[str] | None = None
         self._loss_weights: list[float] | None = None
-        if solver.num_gpus > 1:
-            log(f"vvgpu names {solver.num_gpus} GPUs; this process trains them as one device "
-                f"with the same global batch ({solver.batchsize}); launch with torchrun for "
-                "multi-GPU placement")
+        from terarec.distributed.model_hooks import init_distributed
+
+        # torchrun / one process per vvgpu GPU: sharded tables, data-parallel dense, rank slices.
+        self._dist = init_distributed(self)
 
     # ------------------------------------------------------------------ graph building
     def add(self, layer: Any) -> None:
@@ -108,7 +107,8 @@ class Model(ModelFilesMixin):
         gen = torch.Generator().manual_seed(self.solver.seed)
         torch.manual_seed(self.solver.seed)
         tables, inputs = build_tables(self.spec, self.solver, self.optimizer_config,
-                                      self.device, gen)
+                                      self.device, gen,
+                                      self._dist.build_tables if self._dist else None)
         emb_shapes = {name: (self.local_batchsize, t.config.slot_num, t.config.dim)
                       for name, t in tables.items()}
         weights = dict(zip(loss_names, loss_weights)) if loss_names else None
@@ -123,7 +123,15 @@ class Model(ModelFilesMixin):
         precision = PrecisionConfig(self.solver.use_mixed_precision,
                                     self.solver.enable_tf32_compute, self.solver.scaler)
         self.engine = Engine(network, tables, inputs, dense_opt, precision, self.device)
+        if self._dist is not None:
+            self._dist.attach(self.engine)
         self._metrics = self._make_metrics()
+
+    def save_params_to_files(self, prefix: str, iter: int = 0) -> None:  # noqa: A002
+        if self._dist is not None:  # every rank its shard; rank 0 the gathered HugeCTR files
+            self._dist.save_params_to_files(prefix, iter, super().save_params_to_files)
+        else:
+            super().save_params_to_files(prefix, iter)
 
     @property
     def local_batchsize(self) -> int:

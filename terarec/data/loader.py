@@ -8,6 +8,7 @@ and message. ``close()`` (or leaving a ``with`` block, or garbage collection) st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -114,7 +115,5 @@ class Prefetcher:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001, S110 - interpreter shutdown
-            pass

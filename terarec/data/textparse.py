@@ -159,7 +159,7 @@ def mix64(x: np.ndarray, salt: int = 0) -> np.ndarray:
 
 def hash_bytes(strs: np.ndarray, salt: int = 0) -> np.ndarray:
     """Stable 64-bit hash of fixed-width byte strings (padding zeros ignored by construction)."""
-    flat = strs.reshape(-1)
+    flat = np.ascontiguousarray(strs).reshape(-1)
     w = flat.dtype.itemsize
     mat = flat.view(np.uint8).reshape(-1, w)
     h = np.full(flat.size, 0xCBF29CE484222325 ^ salt, dtype=np.uint64)

@@ -2,9 +2,9 @@
 
 One program per sample: X = [dense; emb] is loaded once as an ``[NP, BLOCK_E]`` tile (NP =
 n = S+1 rounded up to a power of two >= 16), the Gram matrix X X^T comes from one ``tl.dot``
-(IEEE float32 for float32 inputs; for bf16 inputs tf32 tensor cores, exact on bf16 values,
-with float32 sums) and
-its strict lower triangle is stored straight into the output row at ``E + i(i-1)/2 + j``.
+(3xTF32, float32-accurate, for float32 inputs; for bf16 inputs tf32 tensor cores, exact on
+bf16 values, with float32 sums) and its strict lower triangle is stored straight into the
+output row at ``E + i(i-1)/2 + j``.
 Backward: dX = (G + G^T) X with G the lower-triangular gradient matrix gathered from the
 output gradient, again one ``tl.dot``; row 0 adds the pass-through dense gradient.
 
@@ -41,7 +41,7 @@ def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, S, E, out_cols, NP: tl.constexpr,
     x, _ = _load_x(dense_ptr, emb_ptr, b, S, E, i, e, emask)
     x = x.to(tl.float32)
     if IEEE:
-        z = tl.dot(x, tl.trans(x), input_precision="ieee")
+        z = tl.dot(x, tl.trans(x), input_precision="tf32x3")
     else:  # bf16 values are exact in tf32: exact products, float32 sums
         z = tl.dot(x, tl.trans(x), input_precision="tf32")
     row = out_ptr + b * out_cols
@@ -73,7 +73,7 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
     g = g.to(tl.float32)
     x = x.to(tl.float32)
     if IEEE:
-        dx = tl.dot(g, x, input_precision="ieee")
+        dx = tl.dot(g, x, input_precision="tf32x3")
     else:  # bf16 values are exact in tf32
         dx = tl.dot(g, x, input_precision="tf32")
     d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)

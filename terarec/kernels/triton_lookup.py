@@ -31,8 +31,7 @@ def _gather_add(acc, w_ptr, rows_ptr, pos, base, m, d, dmask, w_stride):
     return acc + v.to(tl.float32)
 
 
-@triton.jit
-def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+def _pool_impl(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
                  n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
                  HOT: tl.constexpr, MULTI: tl.constexpr, MEAN: tl.constexpr,
                  BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
@@ -87,6 +86,12 @@ def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
              acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
 
+_pool_kernel = triton.jit(_pool_impl)
+# General-CSR twin with the sizes left unspecialized: with D divisible by 16, Triton 3.6's
+# layout pass fails on the while/for over a data-dependent bound (32x128 tiles, sm_90).
+_pool_kernel_csr = triton.jit(_pool_impl, do_not_specialize=["D", "w_stride", "out_stride"])
+
+
 def _blocks(dim: int) -> tuple[int, int, int]:
     block_d = min(triton.next_power_of_2(max(dim, 1)), 256)
     block_q = max(8, min(128, 4096 // block_d))
@@ -101,11 +106,15 @@ def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     dim = weight.shape[1]
     if n_q == 0 or dim == 0:
         return
+    if rows.numel() == 0:
+        out.zero_()
+        return
     if weight.stride(1) != 1:
         raise ValueError("weight: expected unit stride along the embedding dimension")
     block_q, block_d, warps = _blocks(dim)
     grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
-    _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
+    kernel = _pool_kernel if hot > 0 else _pool_kernel_csr
+    kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
                        tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
                        MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d,
                        INTERP=C.interpreting(), num_warps=warps)

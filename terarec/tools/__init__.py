@@ -7,7 +7,8 @@ no-op); ``DataReaderType_t.RawAsync`` writes the multi-hot layout with static ho
 
 File locations: Norm/Parquet ``source`` / ``eval_source`` are file lists; data files go to
 ``<dir of source>/train/gen_<k>.<ext>`` and ``<dir of eval_source>/val/gen_<k>.<ext>`` (Parquet
-adds ``_metadata.json`` beside them). Raw/RawAsync ``source`` / ``eval_source`` are the binary files.
+adds ``_metadata.json`` beside them). Raw/RawAsync ``source`` / ``eval_source`` are the binary
+files.
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ class Engine(nn.Module):
         self.dense_frozen = False
         # Hook run on dense gradients before the optimizer step (data-parallel all-reduce).
         self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
+        # Hook mapping this process's loss to the reported one (data parallel: global mean).
+        self.loss_sync: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.last_train: NetworkOutput | None = None
         self.last_eval: NetworkOutput | None = None
         precision.apply_global(device)
@@ -99,6 +101,8 @@ class Engine(nn.Module):
                 self.grad_sync(grads)
             self.dense_optimizer.step()
         self.last_train = out
+        if self.loss_sync is not None:
+            return self.loss_sync(loss.detach())
         return loss.detach()
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,18 +52,28 @@ def table_config_for(spec: EmbeddingSpec, graph: GraphSpec, default_optimizer: O
 
 
 def build_tables(graph: GraphSpec, solver: Any, default_optimizer: OptimizerConfig,
-                 device: torch.device, generator: torch.Generator
+                 device: torch.device, generator: torch.Generator,
+                 table_factory: Callable[[list[Any], torch.device, torch.Generator],
+                                         dict[str, Any]] | None = None,
                  ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Build every table of ``graph`` on ``device``; returns (tables by name, input names)."""
+    """Build every table of ``graph`` on ``device``; returns (tables by name, input names).
+
+    ``table_factory(configs, device, generator)`` replaces the one-device tables (the
+    distributed package passes one that builds sharded tables from a placement plan).
+    """
     from terarec.embedding.table import EmbeddingTable
 
-    tables: dict[str, Any] = {}
+    configs: list[Any] = []
     inputs: dict[str, str] = {}
     for spec in graph.embeddings:
-        if spec.top in tables:
+        if spec.top in inputs:
             raise ConfigError(f"SparseEmbedding({spec.top!r}).sparse_embedding_name",
                               "a unique name", spec.top)
-        cfg = table_config_for(spec, graph, default_optimizer, getattr(solver, "num_gpus", 1))
-        tables[spec.top] = EmbeddingTable(cfg, device=device, generator=generator)
+        configs.append(table_config_for(spec, graph, default_optimizer,
+                                        getattr(solver, "num_gpus", 1)))
         inputs[spec.top] = spec.bottom
+    if table_factory is not None:
+        return table_factory(configs, device, generator), inputs
+    tables = {cfg.name: EmbeddingTable(cfg, device=device, generator=generator)
+              for cfg in configs}
     return tables, inputs

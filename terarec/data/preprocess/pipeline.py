@@ -242,8 +242,8 @@ def preprocess_text(
     if not inputs:
         raise DataError("<inputs>", "no input files given")
     workers = num_workers or os.cpu_count() or 1
-    max_bad = 100 if on_error == "skip" else 1
-    total = sum(1 for _ in ()) if not eval_last_rows else _count_rows(inputs, spec, block_bytes)
+    max_bad = 100
+    total = _count_rows(inputs, spec, block_bytes) if eval_last_rows else 0
     eval_start = total - eval_last_rows if eval_last_rows else 1 << 62
     if eval_last_rows and eval_start <= 0:
         raise ConfigError("preprocess(eval_last_rows=...)", f"fewer than the {total} input rows",
@@ -281,7 +281,8 @@ def preprocess_text(
         n_bad = 0
         bad.clear()
     transform.save(out_dir)
-    outs = {s: out_cls(os.path.join(out_dir, s), transform, rows_per_file) for s in ("train", "val")}
+    outs = {s: out_cls(os.path.join(out_dir, s), transform, rows_per_file)
+            for s in ("train", "val")}
     prog = _Progress("pass 2/2 (write)", progress)
 
     def write(pair: tuple[Chunk, Chunk]) -> None:

@@ -100,5 +100,6 @@ def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int =
             labels = (lab >= spec.label_threshold).astype(np.float32)
         cats = as_bytes(f.buf, f.starts[:, cat_idx], f.ends[:, cat_idx]) if cat_idx else \
             np.zeros((n, 0), "S1")
+    bad.sort()
     p = Parsed(labels, np.where(dmiss, 0.0, den), dmiss, cats, f.lines, bad, n_bad)
     return _mask_rows(p, ~row_bad) if row_bad.any() else p

@@ -56,10 +56,12 @@ class ReaderConfig:
         self.format = name_of(self.format)
         self.check_type = name_of(self.check_type)
         if self.check_type not in ("Sum", "Non"):
-            raise ConfigError("ReaderConfig.check_type", "'Sum' or 'Non' (Check_t)", self.check_type)
+            raise ConfigError("ReaderConfig.check_type", "'Sum' or 'Non' (Check_t)",
+                              self.check_type)
         self.slot_size_array = [int(s) for s in self.slot_size_array]
         if any(s <= 0 for s in self.slot_size_array):
-            raise ConfigError("ReaderConfig.slot_size_array", "positive sizes", self.slot_size_array)
+            raise ConfigError("ReaderConfig.slot_size_array", "positive sizes",
+                              self.slot_size_array)
         if self.num_samples < 0:
             raise ConfigError("ReaderConfig.num_samples", "a non-negative count", self.num_samples)
 

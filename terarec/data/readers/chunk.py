@@ -105,7 +105,8 @@ def split_slots(schema: DataSchema, keys: np.ndarray, lengths: np.ndarray) -> tu
         ln = np.ascontiguousarray(lengths[:, s0 : s0 + spec.slot_num])
         before = lengths[:, :s0].sum(axis=1)
         tot = ln.sum(axis=1)
-        starts = np.repeat(per_sample[:-1] + before - np.concatenate(([0], np.cumsum(tot)[:-1])), tot)
+        excl = np.concatenate(([0], np.cumsum(tot)[:-1]))
+        starts = np.repeat(per_sample[:-1] + before - excl, tot)
         out_k.append(keys[starts + np.arange(int(tot.sum()), dtype=np.int64)])
         out_l.append(ln)
         s0 += spec.slot_num

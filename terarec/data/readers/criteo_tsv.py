@@ -82,6 +82,7 @@ def hash_categoricals(vals: np.ndarray, missing: np.ndarray, sizes: list[int], i
 
 class CriteoTSVSource(FormatSource):
     counts_known = False
+    block_bytes = BLOCK_BYTES
 
     def resolve(self, source: str | list[str]) -> list[str]:
         sch = self.schema
@@ -109,7 +110,7 @@ class CriteoTSVSource(FormatSource):
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
         if os.path.getsize(path) == 0:
             raise DataError(path, "file is empty")
-        for j, (line0, block) in enumerate(iter_line_blocks(path)):
+        for j, (line0, block) in enumerate(iter_line_blocks(path, self.block_bytes)):
             if j % self.world_size != self.rank:
                 continue
             yield parse_criteo_block(path, np.frombuffer(block, np.uint8), line0,

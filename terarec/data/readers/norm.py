@@ -73,6 +73,8 @@ class NormSource(FormatSource):
                 extra = ""
                 if name == "error_check":
                     extra = f" (check_type={self.config.check_type!r} expects {want[name]})"
+                    if self.config.check_type == "Non" and int(hdr[0]) & 0xFFFFFFFF == 64:
+                        extra += "; the file looks like Check_t.Sum framing: set check_type='Sum'"
                 elif name == "slot_num":
                     extra = " (the sum of slot_num over the Input's sparse params)"
                 raise DataError(path, f"header {name} is {int(hdr[i])}, expected {want[name]}"
@@ -144,7 +146,7 @@ class NormSource(FormatSource):
         kw = 2 if self.config.i64_input_key else 1
         S = self.schema.total_slots
         # Fast path: all samples share sample 0's layout.
-        if fast and n and W >= hw + S:
+        if fast and n and hw + S <= W:
             p = hw
             for _ in range(S):
                 if p >= W or words[p] < 0:

@@ -165,12 +165,13 @@ class ParquetSource(FormatSource):
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
         pf = _pq().ParquetFile(path)
         md = pf.metadata
-        base, groups = 0, []
+        base, groups, first = 0, [], 0
         for g in range(md.num_row_groups):
             n = md.row_group(g).num_rows
             if base < stop and base + n > start:
+                if not groups:
+                    first = base
                 groups.append(g)
-                first = base if len(groups) == 1 else first
             base += n
         c = self.columns
         try:

@@ -1,0 +1,129 @@
+"""Process-group setup from torchrun-style environment variables, and small helpers.
+
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` say who this process is (torchrun, ``python -m torch.distributed.run``, or
+:func:`terarec.distributed.launch.launch_if_needed` set them). The backend is NCCL when CUDA
+is available and gloo otherwise; each process uses the GPU of its local rank. The collective
+timeout comes from ``TERAREC_DIST_TIMEOUT`` (seconds, default 1800) so that a rank that died
+turns into an error on the others instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from terarec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Who this process is in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    backend: str = "gloo"
+
+    @property
+    def device(self) -> torch.device:
+        return device_for(self.local_rank)
+
+    @property
+    def num_hosts(self) -> int:
+        return max(1, -(-self.world_size // max(self.local_world_size, 1)))
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}", "an integer", raw) from None
+
+
+def env_from_vars() -> DistEnv:
+    """The job description in the environment (a single process when nothing is set)."""
+    world = _int_env("WORLD_SIZE", 1)
+    rank = _int_env("RANK", 0)
+    local_rank = _int_env("LOCAL_RANK", rank)
+    local_world = _int_env("LOCAL_WORLD_SIZE", world)
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError("RANK / WORLD_SIZE", "0 <= RANK < WORLD_SIZE", (rank, world))
+    return DistEnv(rank, world, local_rank, local_world, default_backend())
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def device_for(local_rank: int) -> torch.device:
+    """The GPU of ``local_rank`` (CPU when CUDA is absent)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def timeout() -> timedelta:
+    return timedelta(seconds=float(os.environ.get("TERAREC_DIST_TIMEOUT", "1800")))
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def current() -> DistEnv:
+    """The running job (from the initialised process group, else from the environment)."""
+    if not is_initialized():
+        return env_from_vars()
+    base = env_from_vars()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    local_world = base.local_world_size if base.world_size == world else world
+    local_rank = base.local_rank if base.world_size == world else rank
+    return DistEnv(rank, world, local_rank, local_world, dist.get_backend())
+
+
+def init_from_env(backend: str | None = None) -> DistEnv:
+    """Initialise the default process group from the environment when ``WORLD_SIZE > 1``
+    (a no-op when it already exists or the job has one process)."""
+    env = env_from_vars()
+    if is_initialized() or env.world_size == 1:
+        return current()
+    backend = backend or env.backend
+    if backend == "nccl":
+        torch.cuda.set_device(env.device)
+    dist.init_process_group(backend, init_method="env://", rank=env.rank,
+                            world_size=env.world_size, timeout=timeout())
+    return current()
+
+
+def init_process_group(rank: int, world_size: int, init_method: str,
+                       backend: str | None = None) -> DistEnv:
+    """Explicit initialisation (tests, notebooks): ``init_method`` is ``tcp://host:port`` or
+    ``file:///path``."""
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(device_for(rank))
+    dist.init_process_group(backend, init_method=init_method, rank=rank,
+                            world_size=world_size, timeout=timeout())
+    return current()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def shutdown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,143 @@
+"""Hooks that make the HugeCTR ``Model`` train data-parallel over sharded tables.
+
+``Model.__init__`` calls :func:`init_distributed` (which launches / joins the job, see
+:mod:`terarec.distributed.launch`); with more than one rank it returns a
+:class:`DistributedModel` that:
+
+* sets ``model.rank`` / ``model.world_size`` / ``model.device`` (GPU of the local rank);
+* makes both readers read the *global* batches (every rank reads the same file positions) and
+  hands the train step this rank's contiguous slice (:class:`SlicedReader`); evaluation runs
+  the whole global eval batch on every rank, so metrics equal a one-process run;
+* builds the tables from a placement plan (``build_tables``): ``TERAREC_SHARDING_PLAN`` =
+  ``hugectr`` (default: by embedding type), ``auto`` (the planner, memory from the device) or
+  the path of a JSON plan; the plan is printed by rank 0 before allocation;
+* wires the Engine's ``grad_sync`` (weighted all-reduce of dense gradients) and ``loss_sync``
+  (global-mean loss);
+* saves: every rank writes its shard (``{prefix}_shards_{iter}/``) and rank 0 writes HugeCTR's
+  files from the tables gathered to it, the same files a one-process run writes.
+
+The model object is duck-typed (this package never imports the facade).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from terarec.distributed import comm, env, planner
+from terarec.distributed.checkpoint import save_shards, shard_folder
+from terarec.distributed.collection import ShardedEmbeddingCollection
+from terarec.distributed.data_parallel import DataParallel
+from terarec.distributed.launch import launch_if_needed
+from terarec.embedding.config import TableConfig
+from terarec.embedding.plan import ShardingPlan
+
+
+class _ReaderView:
+    """The model as its readers see it: one reader of the global data (rank 0 of 1)."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, model: Any) -> None:
+        object.__setattr__(self, "_model", model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class SlicedReader:
+    """Wraps a reader slot: ``next_batch`` returns this rank's slice of the global batch."""
+
+    def __init__(self, inner: Any, dp: DataParallel) -> None:
+        self._inner = inner
+        self._dp = dp
+
+    def next_batch(self) -> Any:
+        batch = self._inner.next_batch()
+        return None if batch is None else self._dp.split(batch)
+
+    def read_a_batch_to_device(self) -> Any:
+        return self.next_batch()
+
+    def read_a_batch_to_device_delay_release(self) -> Any:
+        return self.next_batch()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
+    return int(os.environ.get("TERAREC_DEVICE_MEMORY", str(64 << 30)))
+
+
+class DistributedModel:
+    """The distributed side of one ``Model`` (see module docstring)."""
+
+    def __init__(self, model: Any, denv: env.DistEnv) -> None:
+        self.model = model
+        self.env = denv
+        self.dp = DataParallel()
+        self.plan: ShardingPlan | None = None
+        model.rank = denv.rank
+        model.world_size = denv.world_size
+        model.device = denv.device
+        model.train_reader.model = _ReaderView(model)
+        model.eval_reader.model = _ReaderView(model)
+        model.train_reader = SlicedReader(model.train_reader, self.dp)
+
+    def choose_plan(self, configs: list[TableConfig], device: torch.device) -> ShardingPlan:
+        choice = os.environ.get("TERAREC_SHARDING_PLAN", "hugectr")
+        world = self.env.world_size
+        if choice == "hugectr":
+            return planner.hugectr_plan(configs, world)
+        if choice == "auto":
+            batch = max(1, int(self.model.solver.batchsize) // world)
+            pc = planner.PlannerConfig(world, _device_memory(device),
+                                       self.env.local_world_size, batch)
+            return planner.propose(configs, pc)
+        return planner.load_plan(choice, configs, world)
+
+    def build_tables(self, configs: list[TableConfig], device: torch.device,
+                     generator: torch.Generator) -> dict[str, Any]:
+        """The ``table_factory`` of ``build_tables``: plan, print, then allocate."""
+        self.plan = self.choose_plan(configs, device)
+        if self.env.rank == 0:
+            text = planner.describe_plan(configs, self.plan, world_size=self.env.world_size)
+            print(f"Sharding plan ({self.env.world_size} ranks):\n{text}", flush=True)
+        coll = ShardedEmbeddingCollection(configs, self.plan, device, generator)
+        return dict(coll.tables)
+
+    def attach(self, engine: Any) -> None:
+        engine.grad_sync = self.dp.grad_sync
+        engine.loss_sync = self.dp.loss_sync
+
+    def save_params_to_files(self, prefix: str, it: int,
+                             write: Callable[[str, int], None]) -> None:
+        """Collective: shards on every rank, HugeCTR's files on rank 0 (``write`` is the
+        one-process writer, which reads the gathered tables)."""
+        tables = self.model.engine.tables
+        for t in tables.values():
+            t.prepare_export(0)
+        try:
+            save_shards(dict(tables), shard_folder(prefix, it))
+            comm.barrier()
+            if self.env.rank == 0:
+                write(prefix, it)
+        finally:
+            for t in tables.values():
+                t.clear_prepared()
+        comm.barrier()
+
+
+def init_distributed(model: Any) -> DistributedModel | None:
+    """Join or launch the job for ``model.solver.vvgpu``; None for a single process."""
+    denv = launch_if_needed(getattr(model.solver, "vvgpu", None))
+    if denv.world_size <= 1:
+        return None
+    return DistributedModel(model, denv)

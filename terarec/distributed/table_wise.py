@@ -1,0 +1,49 @@
+"""Table-wise / slot-wise sharding (HugeCTR ``LocalizedSlotSparseEmbeddingHash``).
+
+With one rank in the placement the whole table lives there. With several, whole slots are
+assigned round-robin: the keys of slot ``i`` live on ``ranks[i mod len(ranks)]`` (HugeCTR's
+"slot i -> GPU i mod N"). As in HugeCTR this assumes the slots of a Localized table use disjoint
+keys; a key seen in two slots owned by different ranks gets one row on each. Lookups and
+updates go through :mod:`terarec.distributed.routed`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from terarec.distributed.routed import RoutedTable
+from terarec.distributed.types import STRATEGIES
+from terarec.embedding.config import TableConfig
+from terarec.embedding.plan import TablePlacement
+from terarec.embedding.table import DIRECT_TYPES
+
+
+@STRATEGIES.register("table_wise")
+class TableWiseTable(RoutedTable):
+    """Whole table on ``ranks[0]``, or slot ``i`` on ``ranks[i mod len(ranks)]``."""
+
+    def __init__(self, config: TableConfig, placement: TablePlacement,
+                 device: torch.device | str | None, generator: torch.Generator | None,
+                 group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(config, placement, device, generator, group)
+        self._ranks = torch.tensor(placement.ranks, dtype=torch.int64, device=self.device)
+        n = len(placement.ranks)
+        if self.rank in placement.ranks:
+            if n == 1:
+                index = "direct" if config.embedding_type in DIRECT_TYPES else "hash"
+                self.shard = self._make_shard(config.max_vocabulary_size, index)
+            else:
+                mine = [s for s in range(config.slot_num)
+                        if placement.ranks[s % n] == self.rank]
+                cap = config.max_vocabulary_size
+                if config.slot_size_array:
+                    cap = max(1, sum(config.slot_size_array[s] for s in mine))
+                self.shard = self._make_shard(cap, "hash")
+
+    def slots_needed(self) -> bool:
+        return len(self.placement.ranks) > 1
+
+    def owner(self, keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        n = len(self.placement.ranks)
+        return self._ranks[torch.remainder(slots.to(torch.int64), n)]
