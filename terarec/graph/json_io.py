@@ -76,8 +76,10 @@ def data_layer_from_json(entry: dict[str, Any], where: str) -> DataSchema:
             nnz = s["nnz_per_slot"]
         elif "max_nnz" in s:  # pre-3.1 spelling
             nnz = int(s["max_nnz"])
-        else:
-            raise ConfigError(f"{w}.nnz_per_slot", "nnz_per_slot (or legacy max_nnz)", None)
+        elif "max_feature_num_per_sample" in s:  # pre-3.1, no per-slot bound given
+            nnz = int(s["max_feature_num_per_sample"])
+        else:  # inference graphs often omit it: one key per slot, as HugeCTR's default
+            nnz = 1
         sparse.append(SparseSpec(
             name=_names(_require(s, "top", w), f"{w}.top")[0],
             nnz_per_slot=nnz,

@@ -18,14 +18,14 @@ import torch
 
 
 def _entry(rank: int, world: int, init_file: str, out_dir: str, fn: Callable[..., Any],
-           args: tuple, dist_timeout: float) -> None:
+           args: tuple, dist_timeout: float, backend: str) -> None:
     os.environ["TERAREC_DIST_TIMEOUT"] = str(dist_timeout)
     torch.set_num_threads(1)
     result: dict[str, Any]
     try:
         from terarec.distributed import env
 
-        env.init_process_group(rank, world, f"file://{init_file}", backend="gloo")
+        env.init_process_group(rank, world, f"file://{init_file}", backend=backend)
         result = {"ok": True, "value": fn(rank, world, *args)}
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
@@ -40,14 +40,15 @@ def _entry(rank: int, world: int, init_file: str, out_dir: str, fn: Callable[...
 
 
 def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 120.0,
-              dist_timeout: float = 60.0, raise_errors: bool = True) -> list[dict[str, Any]]:
+              dist_timeout: float = 60.0, raise_errors: bool = True,
+              backend: str = "gloo") -> list[dict[str, Any]]:
     """Run ``fn(rank, world, *args)`` on ``world`` processes; returns each rank's result dict
     ``{"ok", "value" | "error"}``. Raises when a rank failed (``raise_errors``) or hung."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
         procs = [ctx.Process(target=_entry, args=(r, world, init_file, tmp, fn, args,
-                                                   dist_timeout), daemon=True)
+                                                   dist_timeout, backend), daemon=True)
                  for r in range(world)]
         for p in procs:
             p.start()

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-
 from tests.helpers.models import build_dcn
 
 STEPS = 6

@@ -88,8 +88,8 @@ def _slice(b: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
 
 
 def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = None,
-          rank: int = 0, world: int = 1) -> dict[str, Any]:
-    lin = head()  # plain SGD below: torch.optim would import torch._dynamo (seconds)
+          rank: int = 0, world: int = 1, device: str = "cpu") -> dict[str, Any]:
+    lin = head().to(device)  # plain SGD below: torch.optim would import torch._dynamo (seconds)
     for t in tables.values():
         t.set_learning_rate(LR[opt])
     losses = []
@@ -99,6 +99,8 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
             lo, hi = n * rank // world, n * (rank + 1) // world
             dp.weight = (hi - lo) / n
             b = _slice(b, lo, hi)
+        b = {"sparse": {k: v.to(device) for k, v in b["sparse"].items()},
+             "dense": b["dense"].to(device), "label": b["label"].to(device)}
         lin.zero_grad()
         pooled = [tables[c.name](b["sparse"][c.input_name]).flatten(1) for c in cfgs]
         logits = lin(torch.cat([*pooled, b["dense"]], 1))
@@ -111,7 +113,7 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
             for p in lin.parameters():
                 p -= 0.1 * p.grad
         losses.append(float(loss.detach()))
-    return {"losses": losses, "dense": [p.detach().clone() for p in lin.parameters()]}
+    return {"losses": losses, "dense": [p.detach().cpu().clone() for p in lin.parameters()]}
 
 
 def reference(opt: str, update: str = "Global") -> dict[str, Any]:
@@ -125,16 +127,16 @@ def reference(opt: str, update: str = "Global") -> dict[str, Any]:
     return out
 
 
-def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global"
-            ) -> dict[str, Any]:
+def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global",
+            device: str = "cpu") -> dict[str, Any]:
     from terarec.distributed import state_format
     from terarec.distributed.collection import ShardedEmbeddingCollection
     from terarec.distributed.data_parallel import DataParallel
 
     cfgs = configs(opt, update)
     g = torch.Generator().manual_seed(123)
-    coll = ShardedEmbeddingCollection(cfgs, plan_for(kind, world), generator=g)
-    out = train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world)
+    coll = ShardedEmbeddingCollection(cfgs, plan_for(kind, world), device, generator=g)
+    out = train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world, device)
     out["tables"] = {n: t.export()[:2] for n, t in coll.tables.items()}
     out["opt"] = {}
     for c in cfgs:
@@ -144,8 +146,10 @@ def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global"
     return out
 
 
-def sharded_many(rank: int, world: int, cases: list[tuple[str, str]]) -> dict[str, Any]:
-    return {f"{k}/{o}": sharded(rank, world, k, o) for k, o in cases}
+def sharded_many(rank: int, world: int, cases: list[tuple[str, str]], cuda: bool = False
+                 ) -> dict[str, Any]:
+    device = f"cuda:{rank}" if cuda else "cpu"
+    return {f"{k}/{o}": sharded(rank, world, k, o, device=device) for k, o in cases}
 
 
 CASES = [(k, o) for k in ("row_wise", "table_wise", "replicated", "mixed")

@@ -157,9 +157,10 @@ def test_csr_errors_and_merge() -> None:
                                                     [p[1][n:] for p, n in zip(parts, nw)]))
 
 
-def test_build_dense_network_clear_error(model) -> None:
+def test_build_dense_network_missing_dense_file(model) -> None:
+    from terarec.errors import DataError
     from terarec.inference import build_dense_network
 
     cfg, _, _ = model
-    with pytest.raises(NotSupportedError, match="terarec.graph"):
+    with pytest.raises(DataError, match="x.model"):
         build_dense_network(str(cfg), "x.model", "cpu")

@@ -1,0 +1,34 @@
+"""Embedding tables split across GPUs and nodes on ``torch.distributed``.
+
+* :mod:`~terarec.distributed.env` / :mod:`~terarec.distributed.launch`: process groups from
+  torchrun variables (NCCL on CUDA, gloo on CPU) and one process per ``vvgpu`` GPU.
+* :class:`ShardedEmbeddingCollection`: ``input_dist -> lookup -> output_dist`` with one strategy
+  per placement kind (``row_wise``, ``table_wise``, ``replicated``; registry
+  :data:`STRATEGIES`), exactly equal to one-process training on the same global batches.
+* :mod:`~terarec.distributed.planner`: proposes / checks / prints / loads plans.
+* :mod:`~terarec.distributed.checkpoint`: per-rank shards, loadable on any number of ranks.
+* :mod:`~terarec.distributed.model_hooks`: what ``hugectr.Model`` calls when a job has ranks.
+"""
+
+from terarec.distributed.checkpoint import load_shards, save_shards
+from terarec.distributed.collection import ShardedEmbeddingCollection, build_sharded_table
+from terarec.distributed.data_parallel import DataParallel, local_range
+from terarec.distributed.env import DistEnv, init_from_env, init_process_group
+from terarec.distributed.launch import launch_if_needed
+from terarec.distributed.planner import (
+    PlannerConfig,
+    check_plan,
+    describe_plan,
+    hugectr_plan,
+    load_plan,
+    propose,
+    save_plan,
+)
+from terarec.distributed.types import STRATEGIES, LookupContext
+
+__all__ = [
+    "STRATEGIES", "DataParallel", "DistEnv", "LookupContext", "PlannerConfig",
+    "ShardedEmbeddingCollection", "build_sharded_table", "check_plan", "describe_plan",
+    "hugectr_plan", "init_from_env", "init_process_group", "launch_if_needed", "load_plan",
+    "load_shards", "local_range", "propose", "save_plan", "save_shards",
+]
