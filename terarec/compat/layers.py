@@ -135,6 +135,11 @@ class SparseEmbedding:
             raise ConfigError(f"{f}(sparse_embedding_name=..., bottom_name=...)",
                               "both names given", (sparse_embedding_name, bottom_name))
         self.slot_size_array = list(slot_size_array or [])
+        if not self.slot_size_array and self.workspace_size_per_gpu_in_mb <= 0:
+            raise ConfigError(f"{f}({self.sparse_embedding_name!r})",
+                              "workspace_size_per_gpu_in_mb > 0 or a slot_size_array",
+                              {"workspace_size_per_gpu_in_mb": workspace_size_per_gpu_in_mb,
+                               "slot_size_array": slot_size_array})
         if optimizer is not None and not isinstance(optimizer, OptParamsPy):
             raise ConfigError(f"{f}(optimizer=...)", "the result of CreateOptimizer(...)",
                               optimizer)

@@ -23,7 +23,11 @@ EMBEDDING_TYPES = (
 
 @dataclass
 class EmbeddingSpec:
-    """One ``SparseEmbedding``: which sparse input it reads, its table and combiner."""
+    """One ``SparseEmbedding``: which sparse input it reads, its table and combiner.
+
+    The vocabulary (workspace / slot_size_array / max_vocabulary_size_global) is checked when a
+    table is built for training; inference graphs may leave it out.
+    """
 
     embedding_type: str
     bottom: str
@@ -52,13 +56,6 @@ class EmbeddingSpec:
         if any((not isinstance(s, int)) or s <= 0 for s in self.slot_size_array):
             raise ConfigError(f"{where}.slot_size_array", "positive integers",
                               self.slot_size_array)
-        if not self.slot_size_array and self.workspace_size_per_gpu_in_mb <= 0 and \
-                self.max_vocabulary_size_global <= 0:
-            raise ConfigError(
-                where, "workspace_size_per_gpu_in_mb > 0 or a slot_size_array",
-                {"workspace_size_per_gpu_in_mb": self.workspace_size_per_gpu_in_mb,
-                 "slot_size_array": self.slot_size_array},
-            )
 
 
 @dataclass
