@@ -38,23 +38,22 @@ def test_criteo_sample_dcn_auc_above_070(shared_data, tmp_path):
     res = preprocess_criteo([str(src)], str(tmp_path / "criteo"), eval_last_rows=2000,
                             freq_threshold=2)
     assert (res.rows, res.eval_rows) == (8000, 2000)
-    model = _model(res, batch=256, lr=0.001)
+    model = _model(res, batch=256, lr=0.002)
     slots = len(res.slot_size_array)
     model.add(hugectr.SparseEmbedding(
         embedding_type=hugectr.Embedding_t.DistributedSlotSparseEmbeddingHash,
-        slot_size_array=res.slot_size_array, embedding_vec_size=4, combiner="sum",
+        slot_size_array=res.slot_size_array, embedding_vec_size=8, combiner="sum",
         sparse_embedding_name="emb", bottom_name="data1"))
-    _dense(model, L.Reshape, ["emb"], ["r"], leading_dim=4 * slots)
+    _dense(model, L.Reshape, ["emb"], ["r"], leading_dim=8 * slots)
     _dense(model, L.Concat, ["r", "dense"], ["c"])
     _dense(model, L.MultiCross, ["c"], ["mc"], num_layers=2)
     _dense(model, L.InnerProduct, ["c"], ["fc1"], num_output=64)
     _dense(model, L.ReLU, ["fc1"], ["relu1"])
-    _dense(model, L.Dropout, ["relu1"], ["drop1"], dropout_rate=0.2)
-    _dense(model, L.Concat, ["drop1", "mc"], ["c2"])
+    _dense(model, L.Concat, ["relu1", "mc"], ["c2"])
     _dense(model, L.InnerProduct, ["c2"], ["fc2"], num_output=1)
     _dense(model, L.BinaryCrossEntropyLoss, ["fc2", "label"], ["loss"])
     model.compile()
-    model.fit(max_iter=62, display=1000, eval_interval=1000, snapshot=100000)  # 2 epochs
+    model.fit(max_iter=93, display=1000, eval_interval=1000, snapshot=100000)  # 3 epochs
     auc = model.evaluate()["AUC"]
     assert auc > 0.70, auc
 
