@@ -1,7 +1,7 @@
 """DLRM on HugeCTR's RawAsync (multi-hot binary) data — the MLPerf DLRM architecture, scaled.
 
     python examples/dlrm.py [--samples N --iters N --batchsize N --data-dir DIR]
-    python examples/dlrm.py --mlperf        # MLPerf v1 sizes: dim 128, 512-256-128 / 1024-1024-512-256-1
+    python examples/dlrm.py --mlperf   # MLPerf v1 sizes (dim 128, 512-256-128 / 1024-1024-512-256-1)
 
 As HugeCTR's DLRM samples: SGD with warmup, bottom MLP on the dense features, dot
 Interaction with the 26 embeddings, top MLP.

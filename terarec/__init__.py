@@ -18,7 +18,12 @@ from terarec.compat.layers import (
 from terarec.compat.model import Model
 from terarec.compat.optimizer import CreateOptimizer, OptParamsPy
 from terarec.compat.reader import AsyncParam, DataReaderParams, DataReaderSparseParam
-from terarec.compat.session import Session, SolverParser, get_learning_rate_scheduler, solver_parser_helper
+from terarec.compat.session import (
+    Session,
+    SolverParser,
+    get_learning_rate_scheduler,
+    solver_parser_helper,
+)
 from terarec.compat.solver import CreateSolver, Solver
 from terarec.data.source_params import DataSourceParams
 from terarec.enums import *  # noqa: F403 - HugeCTR exports every enum at top level
@@ -28,7 +33,7 @@ from terarec.training.callbacks import TrainingCallback
 
 __version__ = "0.1.0"
 
-from terarec import optimizer  # noqa: E402 - ``hugectr.optimizer.CreateOptimizer`` (2.3-3.0)
+from terarec import optimizer  # noqa: E402, F401 - ``hugectr.optimizer.CreateOptimizer`` (2.3-3.0)
 
 # HugeCTR's pybind enums are export_values()-ed: members are module attributes too
 # (``hugectr.Adam``). Names that clash between enums keep the first (as pybind does).

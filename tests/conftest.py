@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(os.environ.get("TERAREC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+_DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("TERAREC_SHARED_DATA", _DEFAULT_SHARED))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -15,8 +15,15 @@ from terarec.compat.optimizer import OptParamsPy
 from terarec.compat.reader import DataReaderSparseParam
 from terarec.data.schema import DataSchema, SparseSpec
 from terarec.enums import (
-    Activation_t, Embedding_t, FcPosition_t, GroupLayer_t, Initializer_t, Layer_t,
-    Regularizer_t, coerce, name_of,
+    Activation_t,
+    Embedding_t,
+    FcPosition_t,
+    GroupLayer_t,
+    Initializer_t,
+    Layer_t,
+    Regularizer_t,
+    coerce,
+    name_of,
 )
 from terarec.errors import ConfigError
 from terarec.graph.spec import EmbeddingSpec, LayerSpec

@@ -264,10 +264,15 @@ class Model(ModelFilesMixin):
     def get_data_reader_eval(self) -> ReaderSlot:
         return self.eval_reader
 
-    def train(self) -> bool:
-        """One iteration on the next training batch; False when an epoch-mode source ended."""
+    def train(self, batch: Batch | None = None) -> bool:
+        """One iteration on the next training batch; False when an epoch-mode source ended.
+
+        terarec extra: pass a :class:`~terarec.data.Batch` (e.g. already on the GPU) to train on
+        it instead of the reader's next batch.
+        """
         engine = self._engine()
-        batch = self.train_reader.next_batch()
+        if batch is None:
+            batch = self.train_reader.next_batch()
         if batch is None:
             return False
         if engine.lr == 0.0 and self.scheduler.step == 0:

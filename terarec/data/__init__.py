@@ -13,6 +13,7 @@ from terarec.data.source_params import DataSourceParams
 from terarec.data.synthetic import generate_synthetic
 
 __all__ = [
-    "READERS", "Batch", "DataSchema", "DataSourceParams", "Prefetcher", "Reader", "ReaderConfig", "SparseSpec",
+    "READERS", "Batch", "DataSchema", "DataSourceParams", "Prefetcher", "Reader", "ReaderConfig",
+    "SparseSpec",
     "create_reader", "generate_synthetic",
 ]

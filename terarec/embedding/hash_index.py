@@ -199,13 +199,29 @@ class DirectIndex:
         self._used = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
         self._num_keys = 0
         self._extent = 0
+        self._stale = False
+
+    def mark_used(self, rows: torch.Tensor) -> None:
+        """Record ``rows`` (in range, on the index's device) as used without a host sync; the
+        counters are recomputed when next read (the GPU fast path of the tables uses this)."""
+        self._used[rows] = True
+        self._stale = True
+
+    def _refresh(self) -> None:
+        if self._stale:
+            self._stale = False
+            used = torch.nonzero(self._used).squeeze(1)
+            self._num_keys = int(used.numel())
+            self._extent = int(used[-1]) + 1 if self._num_keys else 0
 
     @property
     def num_keys(self) -> int:
+        self._refresh()
         return self._num_keys
 
     @property
     def row_extent(self) -> int:
+        self._refresh()
         return self._extent
 
     def _check_range(self, keys: torch.Tensor) -> None:
@@ -229,6 +245,7 @@ class DirectIndex:
         new_first, order = torch.sort(first[is_new])
         new_rows = uniq[is_new][order]
         if new_rows.numel():
+            self._refresh()
             self._used[new_rows] = True
             self._num_keys += new_rows.numel()
             self._extent = max(self._extent, int(new_rows.max()) + 1)

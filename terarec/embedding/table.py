@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from terarec.embedding import table_io
+from terarec.embedding import fast_path, table_io
 from terarec.embedding.config import TableConfig
 from terarec.embedding.hash_index import INDEX_TYPES
 from terarec.embedding.init import draw_seed, init_vectors, slots_of_positions
@@ -126,6 +126,7 @@ class EmbeddingTable(nn.Module):
 
     @property
     def num_keys(self) -> int:
+        fast_path.check_errors(self)
         return self._index.num_keys
 
     @property
@@ -200,6 +201,9 @@ class EmbeddingTable(nn.Module):
         if sparse.slot_num != self.config.slot_num:
             raise ConfigError(f"SparseEmbedding {self.name!r} input {self.config.input_name!r}",
                               f"slot_num={self.config.slot_num}", sparse.slot_num)
+        if fast_path.applies(self, sparse):  # CUDA: fused Triton lookup + backward/update
+            out = fast_path.forward(self, sparse)
+            return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
         offsets = sparse.offsets.to(device=self.device, dtype=torch.int64)
         rows = self.insert_keys(sparse.keys, offsets=offsets)
         if self.frozen or not torch.is_grad_enabled():
@@ -237,6 +241,7 @@ class EmbeddingTable(nn.Module):
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(keys int64 [N], vectors float32 [N, dim], slot_ids uint64 [N] | None)`` in row
         order; ``slot_ids`` only for LocalizedSlot embeddings (HugeCTR's sparse model folder)."""
+        fast_path.check_errors(self)
         return table_io.export(self)
 
     def load(self, keys: np.ndarray | torch.Tensor, vectors: np.ndarray | torch.Tensor,

@@ -80,7 +80,7 @@ class GraphSpec:
     def tensor_names(self) -> list[str]:
         names: list[str] = []
         if self.schema is not None:
-            names += list(self.schema.label_names) + [self.schema.dense_name]
+            names += [*self.schema.label_names, self.schema.dense_name]
             names += [s.name for s in self.schema.sparse]
         names += [e.top for e in self.embeddings]
         for layer in self.layers:

@@ -5,6 +5,10 @@ products of the S+1 vectors {mlp, emb_0..emb_{S-1}} in HugeCTR's order, one zero
 Pair order (from HugeCTR's gather kernel, index col*(col-1)/2 + row for row < col): for
 col = 1..S, for row = 0..col-1: dot(v_row, v_col) - i.e. the strictly lower triangle of the
 Gram matrix read row by row: (1,0), (2,0), (2,1), (3,0), ...
+
+On CUDA under bf16 (autocast or bf16 inputs) the forward and backward run as the fused Triton
+kernel :func:`terarec.kernels.interaction` (same layout; the torch code below is its oracle);
+``TERAREC_KERNELS=torch`` forces the torch version.
 """
 
 from __future__ import annotations
@@ -52,8 +56,27 @@ class Interaction(Layer):
         return [(self.input_shapes[0][0], self.out_width)]
 
     def forward(self, mlp: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if _use_kernel(mlp, emb):
+            from terarec.kernels import interaction
+
+            return interaction(mlp.to(torch.bfloat16).contiguous(),
+                               emb.to(torch.bfloat16).contiguous())
         vecs = torch.cat([mlp.unsqueeze(1), emb], dim=1)  # (B, S+1, E)
         gram = torch.bmm(vecs, vecs.transpose(1, 2))  # (B, S+1, S+1)
         pairs = gram[:, self._rows, self._cols]  # (B, S(S+1)/2)
         pad = mlp.new_zeros(mlp.shape[0], 1)
         return torch.cat([mlp, pairs.to(mlp.dtype), pad], dim=1)
+
+
+def _use_kernel(mlp: torch.Tensor, emb: torch.Tensor) -> bool:
+    """The fused kernel applies on CUDA when the products are bf16 (autocast or inputs)."""
+    if not mlp.is_cuda:
+        return False
+    bf16 = (torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16) or (
+        mlp.dtype == torch.bfloat16 and emb.dtype == torch.bfloat16)
+    if not bf16:
+        return False
+    from terarec.kernels import backend_for
+
+    return backend_for(mlp) == "triton"

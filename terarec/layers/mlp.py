@@ -5,6 +5,10 @@ Owns HugeCTR's MLP semantics: ``num_outputs`` lists the widths, ``activations`` 
 says which layers have a bias. Weights per layer W_i (in, out) then b_i (1, out), in that
 order in the dense model file. A second bottom (HugeCTR's FP16 Interaction "grad" top) is
 accepted and ignored.
+
+On CUDA each 2-D layer is one cuBLAS call with the bias (and ReLU) in its epilogue
+(``addmm`` / ``_addmm_activation``, in the autocast dtype); elsewhere, and as the oracle, the
+plain matmul + bias + relu chain.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class MLP(Layer):
         return [(*self.input_shapes[0][:-1], self.widths[-1])]
 
     def forward(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 2:
+            return self._forward_fused(x)
         bi = 0
         for i, w in enumerate(self.weights):
             x = torch.matmul(x, w.to(x.dtype))
@@ -95,6 +101,22 @@ class MLP(Layer):
                 bi += 1
             if self.acts[i] == "Relu":
                 x = torch.relu(x)
+        return x
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        bi = 0
+        with torch.autocast("cuda", enabled=False):
+            x = x.to(dt)
+            for i, w in enumerate(self.weights):
+                relu = self.acts[i] == "Relu"
+                if self.use_biases[i]:
+                    b = self.biases[bi].to(dt).view(-1)
+                    bi += 1
+                    x = _LinearRelu.apply(x, w.to(dt), b) if relu else torch.addmm(b, x, w.to(dt))
+                else:
+                    x = torch.matmul(x, w.to(dt))
+                    x = torch.relu(x) if relu else x
         return x
 
     def dense_weights(self) -> list[torch.Tensor]:
@@ -132,3 +154,22 @@ class MLP(Layer):
                 out[dst] = mlp[src]
         inits_from_json(mlp, w, FC_INITS, out)
         return out
+
+
+class _LinearRelu(torch.autograd.Function):
+    """relu(x @ w + b) as one cuBLAS call with a bias+ReLU epilogue; backward by hand."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):  # noqa: ANN001, ANN205
+        y = torch._addmm_activation(b, x, w)
+        ctx.save_for_backward(x, w, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, w, y = ctx.saved_tensors
+        g = torch.where(y > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        dx = g.mm(w.t()) if ctx.needs_input_grad[0] else None
+        dw = x.t().mm(g) if ctx.needs_input_grad[1] else None
+        db = g.sum(0) if ctx.needs_input_grad[2] else None
+        return dx, dw, db
