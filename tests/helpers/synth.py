@@ -34,7 +34,7 @@ def write_raw_async(path: Path, labels: np.ndarray, dense: np.ndarray, keys: np.
     """label (int32) + dense (float32 bits) + keys (uint32) per sample, 4-byte words."""
     n = labels.shape[0]
     words = np.concatenate([
-        labels.reshape(n, 1).astype("<i4").view("<u4"),
+        labels.reshape(n, -1).astype("<i4").view("<u4"),
         dense.astype("<f4").view("<u4"),
         keys.reshape(n, -1).astype("<u4"),
     ], axis=1)
@@ -43,11 +43,17 @@ def write_raw_async(path: Path, labels: np.ndarray, dense: np.ndarray, keys: np.
 
 def raw_async_dataset(tmp: Path, n_train: int = 4096, n_eval: int = 1024,
                       slot_sizes: list[int] | None = None, dense_dim: int = 4, nnz: int = 1,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, label_dim: int = 1) -> dict:
     slot_sizes = slot_sizes or [50, 30, 20]
     lab, den, keys = make_samples(n_train + n_eval, slot_sizes, dense_dim, nnz, seed)
+    if label_dim > 1:  # extra tasks: the first label flipped with noise (still learnable)
+        rng = np.random.default_rng(seed + 7)
+        extra = [(lab ^ (rng.random(lab.shape) < 0.2)).astype(np.int32)
+                 for _ in range(label_dim - 1)]
+        lab = np.stack([lab, *extra], axis=1)
     train, evalp = tmp / "train.bin", tmp / "eval.bin"
     write_raw_async(train, lab[:n_train], den[:n_train], keys[:n_train])
     write_raw_async(evalp, lab[n_train:], den[n_train:], keys[n_train:])
     return {"train": str(train), "eval": str(evalp), "n_train": n_train, "n_eval": n_eval,
-            "slot_sizes": slot_sizes, "dense_dim": dense_dim, "nnz": nnz}
+            "slot_sizes": slot_sizes, "dense_dim": dense_dim, "nnz": nnz,
+            "label_dim": label_dim}
