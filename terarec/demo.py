@@ -24,7 +24,7 @@ def run_demo(model_name: str, out_dir: str, samples: int, batchsize: int, iters:
     data = generate_synthetic(os.path.join(out_dir, "data"), format="Parquet",
                               num_samples=samples, slot_size_array=SLOT_SIZES, dense_dim=13,
                               eval_num_samples=max(batchsize, samples // 5), seed=0)
-    steps = iters or max(1, samples // batchsize)
+    steps = iters or max(1, samples // batchsize)  # one epoch
     solver = hugectr.CreateSolver(model_name="terarec_demo_dcn", batchsize=batchsize,
                                   batchsize_eval=batchsize, lr=0.001, vvgpu=[[0]],
                                   i64_input_key=True, repeat_dataset=True,

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="dcn", choices=["dcn", "wdl", "deepfm", "dlrm"],
                    help="model of the built-in demo (no config given)")
     p.add_argument("--out", default="terarec_demo", help="folder of the demo's data and files")
-    p.add_argument("--samples", type=int, default=200_000, help="demo training samples")
+    p.add_argument("--samples", type=int, default=500_000, help="demo training samples")
     p.add_argument("--batchsize", type=int, default=4096, help="demo batch size")
     p.add_argument("--iters", type=int, default=0, help="demo iterations (0 = one epoch)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")

@@ -16,9 +16,10 @@ synchronisation in the step:
 * backward: :func:`terarec.kernels.fused_backward_update` -- per-row gradient sums and the
   optimizer rule in one pass, in place (SGD, MomentumSGD, Nesterov, AdaGrad, Adam, Ftrl with
   ``Local`` updates, and ``Global`` for rules whose zero-gradient step is a no-op).
-* out-of-range keys are clamped for the memory access and recorded in a device flag, raised
-  as :class:`~terarec.errors.CapacityError` at the next check (every ``CHECK_EVERY`` steps,
-  and when ``num_keys`` or ``export`` of the table is read) -- never a silent wrong row.
+* out-of-range keys (and rows without exactly one key) are clamped for the memory access and
+  recorded in a device flag, raised as :class:`~terarec.errors.CapacityError` at the next
+  check (every ``CHECK_EVERY`` steps, and when ``num_keys`` or ``export`` of the table is
+  read).
 
 The reference path (plain torch, :mod:`terarec.embedding.table`) stays the oracle; set
 ``TERAREC_KERNELS=torch`` (or ``use_triton(False)``) to force it.
@@ -87,15 +88,17 @@ def check_errors(table: EmbeddingTable) -> None:
     if flag is not None and bool(flag.any()):
         flag.zero_()
         raise CapacityError(
-            f"embedding table {table.name!r} is direct-mapped (keys must be in "
-            f"[0, {table.weight.shape[0]})) but got a key outside that range. Check the slot "
-            f"offsets of the input, or enlarge the slot_size_array / use a hash table.")
+            f"embedding table {table.name!r} is one-hot and direct-mapped (exactly one key per "
+            f"slot, keys in [0, {table.weight.shape[0]})) but got an input breaking that. "
+            f"Check the slot offsets and hotness of the input, or enlarge the slot_size_array "
+            f"/ use a hash embedding type.")
 
 
-def _rows_of(table: EmbeddingTable, keys: torch.Tensor) -> torch.Tensor:
+def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     keys = keys.to(device=table.device, dtype=torch.int64)
     cap = table.weight.shape[0]
-    bad = ((keys < 0) | (keys >= cap)).any()
+    one_hot = torch.arange(offsets.numel(), device=offsets.device, dtype=torch.int64)
+    bad = ((keys < 0) | (keys >= cap)).any() | (offsets != one_hot).any()
     if getattr(table, "_fast_oob", None) is None:
         table._fast_oob = torch.zeros((), dtype=torch.bool, device=table.device)
     table._fast_oob |= bad
@@ -156,7 +159,7 @@ def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
     if not getattr(table, "_fast_ready", False):
         _init_all_rows(table)
     offsets = sparse.offsets.to(device=table.device, dtype=torch.int64)
-    rows = _rows_of(table, sparse.keys)
+    rows = _rows_of(table, sparse.keys, offsets)
     out_dtype = _out_dtype(table.device)
     if table.frozen or not torch.is_grad_enabled():
         from terarec.kernels import pooled_lookup

@@ -91,7 +91,7 @@ class MLP(Layer):
         return [(*self.input_shapes[0][:-1], self.widths[-1])]
 
     def forward(self, x: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and x.dim() == 2:
+        if x.is_cuda and x.dim() == 2 and _fused_ok(x):
             return self._forward_fused(x)
         bi = 0
         for i, w in enumerate(self.weights):
@@ -154,6 +154,13 @@ class MLP(Layer):
                 out[dst] = mlp[src]
         inits_from_json(mlp, w, FC_INITS, out)
         return out
+
+
+def _fused_ok(x: torch.Tensor) -> bool:
+    """``TERAREC_KERNELS=torch`` / ``use_triton(False)`` select the plain chain (the oracle)."""
+    from terarec.kernels import backend_for
+
+    return backend_for(x) == "triton"
 
 
 class _LinearRelu(torch.autograd.Function):

@@ -1,0 +1,132 @@
+"""GPU: the fused fast paths of a training step agree with their plain-PyTorch twins.
+
+Each test runs the same steps twice on one GPU: the default (Triton kernels, fused cuBLAS
+epilogues) and the oracle forced with ``use_triton(False)``, then compares outputs, losses and
+the table rows (fp32 sums in another order: tight tolerances; bf16 autocast: loose ones).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import terarec as hugectr
+from terarec.data.batch import Batch
+from terarec.embedding.config import TableConfig
+from terarec.embedding.table import EmbeddingTable
+from terarec.errors import CapacityError
+from terarec.kernels import use_triton
+from terarec.optim.config import OptimizerConfig
+from terarec.sparse import SparseInput
+
+pytestmark = pytest.mark.gpu
+SIZES = [3, 50, 1000, 7, 20000]  # tiny slots: many repeated keys (hot rows) per batch
+OPTS = [("SGD", {}), ("AdaGrad", {"initial_accu_value": 0.1}),
+        ("Adam", {"epsilon": 1e-4}), ("MomentumSGD", {"momentum_factor": 0.9}),
+        ("Nesterov", {"momentum_factor": 0.8}), ("Ftrl", {"lambda1": 0.01, "lambda2": 0.1})]
+
+
+def one_hot(batch: int, sizes: list[int], gen: torch.Generator) -> SparseInput:
+    starts = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    ids = torch.stack([torch.randint(0, c, (batch,), generator=gen) for c in sizes], 1)
+    keys = (ids + starts).reshape(-1)
+    return SparseInput(keys.cuda(), torch.arange(keys.numel() + 1).cuda(), len(sizes))
+
+
+def table(opt: str, hyper: dict, dim: int = 64) -> EmbeddingTable:
+    cfg = TableConfig("emb", "data", dim=dim, slot_num=len(SIZES), slot_size_array=SIZES,
+                      embedding_type="LocalizedSlotSparseEmbeddingOneHot",
+                      optimizer=OptimizerConfig(type=opt, update_type="Local", **hyper))
+    t = EmbeddingTable(cfg, device="cuda", generator=torch.Generator().manual_seed(1))
+    t.set_learning_rate(0.05)
+    return t
+
+
+@pytest.mark.parametrize(("opt", "hyper"), OPTS, ids=[o for o, _ in OPTS])
+def test_table_fast_path_matches_reference(opt: str, hyper: dict) -> None:
+    fast, ref = table(opt, hyper), table(opt, hyper)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(6):
+        sp = one_hot(512, SIZES, gen)
+        w = torch.randn(512, len(SIZES), 64, generator=gen).cuda()
+        out_f = fast(sp)
+        with use_triton(False):
+            out_r = ref(sp)
+            (out_r * w).sum().backward()
+        (out_f * w).sum().backward()
+        torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-6)
+    assert getattr(fast, "_fast_ready", False), "the fused path did not run"
+    assert fast.num_keys == ref.num_keys
+    kf, vf, sf = fast.export()
+    kr, vr, sr = ref.export()
+    of, orr = torch.as_tensor(kf).argsort(), torch.as_tensor(kr).argsort()
+    assert (torch.as_tensor(kf)[of] == torch.as_tensor(kr)[orr]).all()
+    torch.testing.assert_close(torch.as_tensor(vf)[of], torch.as_tensor(vr)[orr],
+                               rtol=1e-4, atol=1e-5)
+    assert (torch.as_tensor(sf)[of] == torch.as_tensor(sr)[orr]).all()
+    for s_f, s_r in zip(fast.optimizer.states, ref.optimizer.states):
+        torch.testing.assert_close(s_f[torch.as_tensor(kf)], s_r[torch.as_tensor(kf)],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_fast_path_rejects_out_of_range_keys() -> None:
+    t = table("SGD", {})
+    sp = one_hot(16, SIZES, torch.Generator().manual_seed(0))
+    sp.keys[3] = sum(SIZES) + 5
+    t(sp)
+    with pytest.raises(CapacityError):
+        _ = t.num_keys
+
+
+def _dlrm(mixed: bool, batch: int) -> hugectr.Model:
+    solver = hugectr.CreateSolver(batchsize=batch, lr=0.05, vvgpu=[[0]], seed=3,
+                                  use_mixed_precision=mixed)
+    opt = hugectr.CreateOptimizer(optimizer_type=hugectr.Optimizer_t.SGD,
+                                  update_type=hugectr.Update_t.Local)
+    m = hugectr.Model(solver, None, opt)
+    m.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=13, dense_name="dense",
+                        data_reader_sparse_param_array=[
+                            hugectr.DataReaderSparseParam("data1", 1, True, len(SIZES))]))
+    m.add(hugectr.SparseEmbedding(
+        embedding_type=hugectr.Embedding_t.LocalizedSlotSparseEmbeddingOneHot,
+        slot_size_array=SIZES, embedding_vec_size=32, combiner="sum",
+        sparse_embedding_name="emb", bottom_name="data1", optimizer=opt))
+    A, L = hugectr.Activation_t, hugectr.Layer_t  # noqa: N806
+    m.add(hugectr.DenseLayer(layer_type=L.MLP, bottom_names=["dense"], top_names=["bot"],
+                             num_outputs=[64, 32], act_type=A.Relu))
+    m.add(hugectr.DenseLayer(layer_type=L.Interaction, bottom_names=["bot", "emb"],
+                             top_names=["it"]))
+    m.add(hugectr.DenseLayer(layer_type=L.MLP, bottom_names=["it"], top_names=["logit"],
+                             num_outputs=[64, 1], activations=[A.Relu, A.Non]))
+    m.add(hugectr.DenseLayer(layer_type=L.BinaryCrossEntropyLoss,
+                             bottom_names=["logit", "label"], top_names=["loss"]))
+    m.compile()
+    return m
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "bf16"])
+def test_dlrm_model_fast_matches_reference(mixed: bool) -> None:
+    batch = 1024
+    fast, ref = _dlrm(mixed, batch), _dlrm(mixed, batch)
+    gen = torch.Generator().manual_seed(4)
+    losses_f, losses_r = [], []
+    for _ in range(8):
+        b = Batch((torch.rand(batch, 1, generator=gen) < 0.3).float().cuda(),
+                  torch.rand(batch, 13, generator=gen).cuda(),
+                  {"data1": one_hot(batch, SIZES, gen)})
+        fast.train(b)
+        with use_triton(False):
+            ref.train(b)
+        losses_f.append(fast.get_current_loss())
+        losses_r.append(ref.get_current_loss())
+    tol = 2e-2 if mixed else 1e-4
+    torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses_r), rtol=tol,
+                               atol=tol)
+    assert losses_f[-1] < losses_f[0]
+    tf, tr = fast.engine.tables["emb"], ref.engine.tables["emb"]
+    assert getattr(tf, "_fast_ready", False)
+    keys = torch.as_tensor(tr.export()[0])
+    torch.testing.assert_close(tf.weight[keys.cuda()], tr.weight[keys.cuda()],
+                               rtol=tol * 10, atol=tol)
+    for pf, pr in zip(fast.engine.network.dense_weights(), ref.engine.network.dense_weights()):
+        torch.testing.assert_close(pf, pr, rtol=tol * 10, atol=tol)
