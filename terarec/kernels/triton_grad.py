@@ -202,8 +202,11 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         flags = C.mean_flags(mean, tables, dev).repeat_interleave(rpt).bool()
         inv = 1.0 / C.lengths_of(offsets).clamp(min=1).to(torch.float32)
         qscale = torch.where(flags, inv, 1.0)
-    sorted_rows, perm = torch.sort(rows, stable=True)
+    # Rows of a weight with < 2**31 rows sort as int32: half the radix passes of int64.
+    narrow = weight is not None and weight.shape[0] < 2**31
+    sorted_rows, perm = torch.sort(rows.to(torch.int32) if narrow else rows, stable=True)
     uniq, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
+    uniq = uniq.to(torch.int64)
     n_u = uniq.numel()
     out = C.new_empty((n_u, dim), torch.float32, dev) if code == 0 else None
     if n_u == 0 or dim == 0:
