@@ -39,7 +39,7 @@ KAGGLE = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 835
 DCNV2_HOT = [3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1]
 CONFIGS = {
     "dlrm": dict(dim=128, hot=[1] * 26, opt="SGD", lr=0.01),
-    "dcnv2": dict(dim=128, hot=DCNV2_HOT, opt="AdaGrad", lr=0.01),
+    "dcnv2": dict(dim=128, hot=DCNV2_HOT, opt="AdaGrad", lr=0.001),
     "dcn": dict(dim=16, hot=[1] * 26, opt="Adam", lr=0.001),
     "wdl": dict(dim=16, hot=[1] * 26, opt="SGD", lr=0.01),
 }
@@ -269,6 +269,21 @@ def timed(step, batches: list, warmup: int, steps: int, device: torch.device,
     return dt, float(first), float(last)
 
 
+def profile(step, batches: list, n: int, device: torch.device) -> None:
+    """Top device kernels (total time over ``n`` steps) of ``step``, via torch.profiler."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with prof(activities=acts) as pr:
+        for i in range(n):
+            step(*batches[i % len(batches)])
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(pr.key_averages().table(sort_by=key, row_limit=28, max_name_column_width=60))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="dlrm")
@@ -280,6 +295,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="small CPU-sized run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--profile", type=int, default=0,
+                   help="profile N terarec steps; print the top CUDA kernels")
     a = p.parse_args()
     if a.tiny:
         a.batch, a.steps, a.warmup, a.batches = 512, 5, 2, 2
@@ -317,6 +334,8 @@ def main() -> None:
     if "plain PyTorch" in results:
         ratio = results["plain PyTorch"] / results["terarec"]
         print(f"ratio terarec / plain PyTorch ({device.type}): {ratio:.2f}x")
+    if a.profile:
+        profile(tr_step, batches, a.profile, device)
     roof = ROOFLINE.get(a.config)
     if roof and device.type == "cuda":
         print(f"fraction of the roofline ({roof / 1e6:.1f}M samples/s, anchors §10): "

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from terarec.embedding.table import EmbeddingTable
 
 CHECK_EVERY = 64
+# Tests may set this to run the path on CPU tensors through Triton's interpreter
+# (TRITON_INTERPRET=1 and use_triton(True)).
+ALLOW_CPU = False
 _INIT_CHUNK = 1 << 19
 # HugeCTR optimizer type -> fused kernel rule name.
 _KERNEL_RULES = {"SGD": "sgd", "MomentumSGD": "momentumsgd", "Nesterov": "nesterov",
@@ -45,7 +48,7 @@ _KERNEL_RULES = {"SGD": "sgd", "MomentumSGD": "momentumsgd", "Nesterov": "nester
 
 def applies(table: EmbeddingTable, sparse: Any) -> bool:
     """True when ``table`` can run this input on the fused-kernel path."""
-    if table.device.type != "cuda" or table.index_kind != "direct":
+    if (table.device.type != "cuda" and not ALLOW_CPU) or table.index_kind != "direct":
         return False
     if table.weight.dtype != torch.float32 or not table.config.slot_size_array:
         return False
@@ -111,7 +114,7 @@ def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -
 
 
 def _out_dtype(device: torch.device) -> torch.dtype:
-    if torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+    if device.type == "cuda" and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
 

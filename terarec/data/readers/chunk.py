@@ -4,6 +4,12 @@ A chunk holds ``n`` consecutive samples: labels ``(n, L)`` float32, dense ``(n, 
 per sparse input, the flat int64 keys (sample-major, then slot, then key) with the number of keys
 of every (sample, slot) pair, ``lengths`` ``(n, S)`` int64. Readers decode files into chunks;
 :class:`~terarec.data.readers.base.Reader` slices and concatenates them into batches.
+
+Fixed hotness (every sample has the same number of keys in every slot, e.g. one-hot Criteo) is
+represented without per-sample bookkeeping: ``lengths`` is then a zero-stride broadcast view of one
+row (:func:`fixed_lengths`), slicing is O(1), and :meth:`Chunk.to_batch` builds the CSR offsets
+with ``torch.arange`` instead of a cumulative sum. Keys and dense values are handed to torch with
+``torch.from_numpy`` (no copy) whenever they are already contiguous.
 """
 
 from __future__ import annotations
@@ -17,6 +23,13 @@ from terarec.data.batch import Batch
 from terarec.data.schema import DataSchema
 from terarec.errors import DataError
 from terarec.sparse import SparseInput
+
+
+def fixed_row(lengths: np.ndarray) -> np.ndarray | None:
+    """The common row of a fixed-hotness ``lengths`` (zero-stride view), else None."""
+    if lengths.ndim == 2 and lengths.shape[0] and lengths.strides[0] == 0:
+        return lengths[0]
+    return None
 
 
 @dataclass
@@ -36,55 +49,101 @@ class Chunk:
             self._cums = [None] * len(self.keys)
         c = self._cums[i]
         if c is None:
-            c = np.zeros(len(self) + 1, dtype=np.int64)
-            np.cumsum(self.lengths[i].sum(axis=1), out=c[1:])
+            row = fixed_row(self.lengths[i])
+            if row is not None:
+                c = np.arange(len(self) + 1, dtype=np.int64) * int(row.sum())
+            else:
+                c = np.zeros(len(self) + 1, dtype=np.int64)
+                np.cumsum(self.lengths[i].sum(axis=1), out=c[1:])
             self._cums[i] = c
         return c
 
     def slice(self, a: int, b: int) -> Chunk:
         keys = []
         for i, k in enumerate(self.keys):
-            c = self._cum(i)
-            keys.append(k[c[a] : c[b]])
+            row = fixed_row(self.lengths[i])
+            if row is not None:
+                K = int(row.sum())
+                keys.append(k[a * K : b * K])
+            else:
+                c = self._cum(i)
+                keys.append(k[c[a] : c[b]])
         return Chunk(self.labels[a:b], self.dense[a:b], keys, [ln[a:b] for ln in self.lengths])
 
     def take(self, idx: np.ndarray) -> Chunk:
         """Samples ``idx`` in that order (used to shuffle within a chunk)."""
-        keys = []
+        keys, lens = [], []
         for i, k in enumerate(self.keys):
+            row = fixed_row(self.lengths[i])
+            if row is not None:
+                K = int(row.sum())
+                keys.append(k.reshape(len(self), K)[idx].reshape(-1) if K else k[:0])
+                lens.append(fixed_lengths(len(idx), row))
+                continue
             c = self._cum(i)
             tot = c[idx + 1] - c[idx]
             starts = np.repeat(c[idx] - np.concatenate(([0], np.cumsum(tot)[:-1])), tot)
             keys.append(k[starts + np.arange(int(tot.sum()), dtype=np.int64)])
-        return Chunk(self.labels[idx], self.dense[idx], keys, [ln[idx] for ln in self.lengths])
+            lens.append(self.lengths[i][idx])
+        return Chunk(self.labels[idx], self.dense[idx], keys, lens)
 
     @staticmethod
     def concat(chunks: list[Chunk]) -> Chunk:
         if len(chunks) == 1:
             return chunks[0]
         n_sparse = len(chunks[0].keys)
+        n = sum(len(c) for c in chunks)
+        lens = []
+        for i in range(n_sparse):
+            rows = [fixed_row(c.lengths[i]) for c in chunks]
+            if all(r is not None for r in rows) and all(np.array_equal(rows[0], r) for r in rows):
+                lens.append(fixed_lengths(n, rows[0]))
+            else:
+                lens.append(np.concatenate([c.lengths[i] for c in chunks]))
         return Chunk(
             np.concatenate([c.labels for c in chunks]),
             np.concatenate([c.dense for c in chunks]),
             [np.concatenate([c.keys[i] for c in chunks]) for i in range(n_sparse)],
-            [np.concatenate([c.lengths[i] for c in chunks]) for i in range(n_sparse)],
+            lens,
         )
 
     def to_batch(self, schema: DataSchema) -> Batch:
         sparse = {}
+        n = len(self)
         for spec, k, ln in zip(schema.sparse, self.keys, self.lengths):
-            off = np.zeros(ln.size + 1, dtype=np.int64)
-            np.cumsum(ln.reshape(-1), out=off[1:])
+            row = fixed_row(ln)
+            if row is not None:
+                off = _fixed_offsets(n, row)
+            else:
+                o = np.zeros(ln.size + 1, dtype=np.int64)
+                np.cumsum(ln.reshape(-1), out=o[1:])
+                off = torch.from_numpy(o)
             sparse[spec.name] = SparseInput(
-                torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64)),
-                torch.from_numpy(off),
-                spec.slot_num,
-            )
+                torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64)), off, spec.slot_num)
         return Batch(
             torch.from_numpy(np.ascontiguousarray(self.labels, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(self.dense, dtype=np.float32)),
             sparse,
         )
+
+
+def _fixed_offsets(n: int, row: np.ndarray) -> torch.Tensor:
+    """CSR offsets of ``n`` samples that all have ``row[s]`` keys in slot ``s``."""
+    S = row.size
+    if S and (row == row[0]).all():
+        off = torch.arange(n * S + 1, dtype=torch.int64)
+        return off if int(row[0]) == 1 else off.mul_(int(row[0]))
+    K = int(row.sum())
+    within = torch.from_numpy(np.concatenate(([0], np.cumsum(row)[:-1])).astype(np.int64))
+    off = torch.empty(n * S + 1, dtype=torch.int64)
+    off[:-1].view(n, S).copy_(torch.arange(n, dtype=torch.int64)[:, None] * K + within[None, :])
+    off[-1] = n * K
+    return off
+
+
+def fixed_lengths(n: int, nnz: list[int] | np.ndarray) -> np.ndarray:
+    """``lengths`` of ``n`` samples with ``nnz[s]`` keys in slot ``s`` (read-only, no memory)."""
+    return np.broadcast_to(np.asarray(nnz, dtype=np.int64), (n, len(nnz)))
 
 
 def split_slots(schema: DataSchema, keys: np.ndarray, lengths: np.ndarray) -> tuple[
@@ -97,6 +156,17 @@ def split_slots(schema: DataSchema, keys: np.ndarray, lengths: np.ndarray) -> tu
     if len(schema.sparse) == 1:
         return [keys], [lengths]
     n = lengths.shape[0]
+    row = fixed_row(lengths)
+    if row is not None:  # fixed hotness: a column block of the (n, K) key matrix per input
+        mat = keys.reshape(n, int(row.sum()))
+        out_k, out_l, s0, c0 = [], [], 0, 0
+        for spec in schema.sparse:
+            r = row[s0 : s0 + spec.slot_num]
+            k = int(r.sum())
+            out_k.append(np.ascontiguousarray(mat[:, c0 : c0 + k]).reshape(-1))
+            out_l.append(fixed_lengths(n, r))
+            s0, c0 = s0 + spec.slot_num, c0 + k
+        return out_k, out_l
     per_sample = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths.sum(axis=1), out=per_sample[1:])
     out_k, out_l = [], []
@@ -114,8 +184,12 @@ def split_slots(schema: DataSchema, keys: np.ndarray, lengths: np.ndarray) -> tu
 
 
 def check_dense_finite(path: str, dense: np.ndarray, row0: int) -> None:
-    """Raise DataError at the first NaN/inf dense value (rows counted from ``row0``)."""
-    if dense.size and not np.isfinite(dense).all():
+    """Raise DataError at the first NaN/inf dense value (rows counted from ``row0``).
+
+    The common all-finite case costs one float64 sum (finite iff every value is finite: float32
+    values cannot overflow a float64 sum); the position is only searched for on failure.
+    """
+    if dense.size and not np.isfinite(np.add.reduce(dense, axis=None, dtype=np.float64)):
         r, c = np.argwhere(~np.isfinite(dense))[0]
         raise DataError(
             path, f"dense value is {dense[r, c]!r}; expected a finite float",
@@ -123,15 +197,36 @@ def check_dense_finite(path: str, dense: np.ndarray, row0: int) -> None:
         )
 
 
+_LOG_TABLE_SIZE = 1 << 16
+_log_table: np.ndarray | None = None
+
+
+def _log1p_table() -> np.ndarray:
+    global _log_table
+    if _log_table is None:
+        _log_table = np.log1p(np.arange(_LOG_TABLE_SIZE, dtype=np.float32))
+    return _log_table
+
+
 def int_dense_to_log(path: str, ints: np.ndarray, row0: int) -> np.ndarray:
-    """HugeCTR's int32 dense transform ``log(x + 1)``; negative ints are an error (would be NaN)."""
-    if ints.size and ints.min() < 0:
+    """HugeCTR's int32 dense transform ``log(x + 1)``; negative ints are an error (would be NaN).
+
+    Values below 2^16 (almost all Criteo counts) are looked up in a table of
+    ``np.log1p(float32(x))``, larger ones are computed; the result is identical to
+    ``np.log1p(ints.astype(np.float32))``, contiguous ``(n, D)`` float32.
+    """
+    if not ints.size:
+        return np.zeros(ints.shape, dtype=np.float32)
+    lo, hi = int(ints.min()), int(ints.max())
+    if lo < 0:
         r, c = np.argwhere(ints < 0)[0]
         raise DataError(
             path, f"int32 dense value {int(ints[r, c])} is negative; log(x+1) needs x >= 0",
             row=row0 + int(r), field=f"dense[{int(c)}]",
         )
-    return np.log1p(ints.astype(np.float32))
+    if hi >= _LOG_TABLE_SIZE:
+        return np.log1p(ints.astype(np.float32))
+    return _log1p_table().take(ints.astype(np.intp, copy=False))
 
 
 def check_keys(
@@ -164,7 +259,3 @@ def check_keys(
             j = int(np.flatnonzero(bad)[0])
             fail(bad, f"key {{key}} is beyond the slot size {int(lim[j])} "
                  "(slot_size_array); expected 0 <= key < slot size")
-
-
-def fixed_lengths(n: int, nnz: list[int]) -> np.ndarray:
-    return np.tile(np.asarray(nnz, dtype=np.int64), (n, 1))

@@ -1,6 +1,11 @@
 """HugeCTR "Norm" binary reader (§15.2): 64-byte header, variable nnz per slot, optional checksums.
 
-Decoding is vectorised with numpy. With ``Check_t.Sum`` every record is framed as
+Decoding is vectorised with numpy. Fast path (every record has the same length, e.g. one-hot
+Criteo): the record stride is taken from the first record and verified for all records at once
+(file size, every length field, and -- in :meth:`NormSource._parse_matrix` -- every ``nnz`` field
+against sample 0's layout); the file is then a ``(n, stride)`` matrix, checksums are one
+``uint8`` row sum (wrapping mod 256 like the C ``char`` sum) and label/dense/keys are column slices.
+General case: with ``Check_t.Sum`` every record is framed as
 ``int32 length + payload + 1 checksum byte`` (the header is a record too); record starts are found
 by hopping lengths, payloads are gathered into one aligned word stream and checksums are verified
 with one ``np.add.reduceat``. With ``Check_t.Non`` sample starts are found with a jump table: every
@@ -17,7 +22,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from terarec.data.readers.base import FormatSource, check_files_exist, read_file_list
-from terarec.data.readers.chunk import Chunk, check_dense_finite, check_keys, split_slots
+from terarec.data.readers.chunk import (
+    Chunk,
+    check_dense_finite,
+    check_keys,
+    fixed_lengths,
+    split_slots,
+)
 from terarec.errors import DataError
 
 HEADER_BYTES = 64
@@ -88,7 +99,10 @@ class NormSource(FormatSource):
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
         n = self.file_num_samples(path)
         raw = np.fromfile(path, dtype=np.uint8)
-        if self.config.check_type == "Sum":
+        chunk = self._decode_fixed(path, raw, n)
+        if chunk is not None:
+            pass
+        elif self.config.check_type == "Sum":
             chunk = self._parse(path, *self._unframe(path, raw, n))
         else:
             try:
@@ -96,6 +110,88 @@ class NormSource(FormatSource):
             except DataError:  # the fixed-layout guess was wrong: scan for real
                 chunk = self._parse(path, *self._scan_plain(path, raw, n, fast=False))
         yield chunk.slice(start, stop) if (start, stop) != (0, n) else chunk
+
+    def _decode_fixed(self, path: str, raw: np.ndarray, n: int) -> Chunk | None:
+        """All records of one length: decode as a matrix; None when the file is not like that."""
+        size = raw.size
+        if not n:
+            return None
+        if self.config.check_type == "Sum":
+            pos0 = HEADER_BYTES + 5
+            if pos0 + 4 > size:
+                return None
+            ln = int(raw[pos0 : pos0 + 4].view("<i4")[0])
+            stride = ln + 5
+            if ln <= 0 or ln % 4 or pos0 + n * stride != size:
+                return None
+            rec = raw[pos0:].reshape(n, stride)
+            lens = np.ascontiguousarray(rec[:, :4]).view("<i4")
+            if (lens != ln).any():
+                return None
+            payload = rec[:, 4 : 4 + ln]
+            sums = np.add.reduce(payload, axis=1, dtype=np.uint8)
+            stored = rec[:, 4 + ln]
+            bad = sums != stored
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(path, f"checksum mismatch: stored {int(stored[i])}, computed "
+                                f"{int(sums[i])}", row=i, offset=pos0 + i * stride + 4 + ln,
+                                field="checksum")
+            words = np.ascontiguousarray(payload).view("<i4")
+            return self._parse_matrix(path, words, pos0 + 4, stride)
+        body = raw[HEADER_BYTES:]
+        if body.size % 4 or body.size // 4 % n:
+            return None
+        W = body.size // 4
+        words = body.view("<i4").reshape(n, W // n)
+        return self._parse_matrix(path, words, HEADER_BYTES, 4 * (W // n))
+
+    def _parse_matrix(self, path: str, m: np.ndarray, off0: int, stride: int) -> Chunk | None:
+        """Records of equal length as an ``(n, words)`` matrix: use sample 0's slot layout if every
+        sample has it (checked on all ``nnz`` fields at once). Otherwise: with checksum framing
+        (record boundaries verified) the general parser, without (the equal length was only a
+        guess) None."""
+        sch, kw = self.schema, 2 if self.config.i64_input_key else 1
+        L, D, S = sch.label_dim, sch.dense_dim, sch.total_slots
+        n, Wr = m.shape
+        maxnnz = [x for sp in sch.sparse for x in sp.nnz_per_slot]
+        p, nnz_cols, nnz0, key_cols = L + D, [], [], []
+        for s in range(S):
+            if p >= Wr:
+                break
+            v = int(m[0, p])
+            if v < 0 or v > maxnnz[s]:
+                break
+            nnz_cols.append(p)
+            nnz0.append(v)
+            key_cols.extend(range(p + 1, p + 1 + v * kw))
+            p += 1 + v * kw
+        ok = len(nnz0) == S and p == Wr
+        if ok and S:
+            ok = bool((m[:, nnz_cols] == np.asarray(nnz0, dtype=m.dtype)).all())
+        if not ok:
+            if self.config.check_type != "Sum":
+                return None
+            starts = np.arange(n, dtype=np.int64) * Wr
+            return self._parse(path, m.reshape(-1), starts, starts + Wr,
+                               off0 + np.arange(n, dtype=np.int64) * stride)
+        ld = np.ascontiguousarray(m[:, : L + D]).view(np.float32)
+        labels, dense = ld[:, :L], ld[:, L:]
+        check_dense_finite(path, dense, 0)
+        if not key_cols:
+            keys = np.zeros(0, dtype=np.int64)
+        elif p - (L + D) == 2 * S and kw == 1:  # one-hot, 32-bit: (nnz, key) pairs
+            keys = m[:, L + D :].reshape(n, S, 2)[:, :, 1].view(np.uint32).astype(np.int64)
+        elif kw == 1:
+            keys = m[:, key_cols].view(np.uint32).astype(np.int64)
+        else:
+            keys = np.ascontiguousarray(m[:, key_cols]).view("<i8")
+            if keys.size and keys.min() < 0:
+                rows = np.repeat(np.arange(n), len(key_cols) // 2)
+                slots = np.tile(np.repeat(np.arange(S), nnz0), n)
+                check_keys(path, keys.reshape(-1), slots, None, rows, 0, True)
+        k, ln = split_slots(sch, keys.reshape(-1), fixed_lengths(n, nnz0))
+        return Chunk(labels, dense, k, ln)
 
     def _unframe(self, path: str, raw: np.ndarray, n: int):
         buf = memoryview(raw)

@@ -1,7 +1,11 @@
 """HugeCTR's headerless fixed-record binary readers: legacy one-hot "Raw" (§15.3) and the
 multi-hot "RawAsync" (§15.4).
 
-Both are decoded with ``np.fromfile`` on a row range and column slicing; no per-row Python.
+Both are decoded with one ``np.fromfile`` per row range (a ``(n, words)`` int32 matrix) and column
+slicing; no per-row Python. Checks are vectorised (one reduction each in the common all-valid case,
+the offending row/slot is only searched for on failure); keys become one contiguous ``(n, K)``
+int64 matrix handed on without a copy, and the fixed hotness is recorded as a broadcast
+``lengths`` row so batches get their CSR offsets from ``torch.arange``.
 
 * Raw: ``label[L] dense[D]`` as int32 (dense -> ``log(x+1)``) or float32 (``float_label_dense``),
   then one uint32 key per slot. Keys are per-slot ids ``0..slot_size-1`` and are returned as is
@@ -76,13 +80,32 @@ class _FixedRecordSource(FormatSource):
     def _labels_dense(self, path, rows, start, float_labels: bool, float_dense: bool):
         L, D = self.schema.label_dim, self.schema.dense_dim
         lab = rows[:, :L]
-        labels = lab.view(np.float32).copy() if float_labels else lab.astype(np.float32)
+        labels = np.ascontiguousarray(lab).view(np.float32) if float_labels else \
+            lab.astype(np.float32)
         if float_dense:
             dense = np.ascontiguousarray(rows[:, L : L + D]).view(np.float32)
             check_dense_finite(path, dense, start)
         else:
             dense = int_dense_to_log(path, rows[:, L : L + D], start)
         return labels, dense
+
+    def _check_sizes(self, path: str, keys: np.ndarray, start: int, slot_of_col: np.ndarray,
+                     raw_message: bool) -> None:
+        """Keys ``(n, K)`` (before offsets) against ``slot_size_array``; error at the first bad."""
+        sizes = self.config.slot_size_array
+        if not keys.size or int(keys.max()) < min(sizes):
+            return
+        lim = np.asarray(sizes, dtype=np.int64)[slot_of_col]
+        bad = keys >= lim
+        if not bad.any():
+            return
+        r, c = np.argwhere(bad)[0]
+        if raw_message:
+            raise DataError(path, f"key {int(keys[r, c])} is beyond the slot size "
+                            f"{sizes[slot_of_col[c]]} (slot_size_array)", row=start + int(r),
+                            field=f"slot {int(slot_of_col[c])}")
+        check_keys(path, keys[r, c:c + 1], slot_of_col[c:c + 1], np.asarray(sizes),
+                   np.array([r]), start, True)
 
 
 class RawSource(_FixedRecordSource):
@@ -103,20 +126,15 @@ class RawSource(_FixedRecordSource):
         fld = self.config.float_label_dense
         labels, dense = self._labels_dense(path, rows, start, fld, fld)
         S = self.schema.total_slots
-        keys = rows[:, -S:].view(np.uint32).astype(np.int64) if S else np.zeros((len(rows), 0),
-                                                                                np.int64)
+        n = len(rows)
+        keys = rows[:, rows.shape[1] - S:].view(np.uint32).astype(np.int64)
         sizes = self.config.slot_size_array
         if sizes:
             if len(sizes) != S:
                 raise DataError(path, f"slot_size_array has {len(sizes)} entries, the schema has "
                                 f"{S} slots")
-            lim = np.asarray(sizes, dtype=np.int64)
-            if (keys >= lim).any():
-                r, c = np.argwhere(keys >= lim)[0]
-                raise DataError(path, f"key {int(keys[r, c])} is beyond the slot size "
-                                f"{sizes[c]} (slot_size_array)", row=start + int(r),
-                                field=f"slot {int(c)}")
-        k, ln = split_slots(self.schema, keys.reshape(-1), fixed_lengths(len(rows), [1] * S))
+            self._check_sizes(path, keys, start, np.arange(S), True)
+        k, ln = split_slots(self.schema, keys.reshape(-1), fixed_lengths(n, [1] * S))
         yield Chunk(labels, dense, k, ln)
 
 
@@ -141,30 +159,27 @@ class RawAsyncSource(_FixedRecordSource):
         nnz = self._nnz()
         K = sum(nnz)
         n = len(rows)
-        block = np.ascontiguousarray(rows[:, rows.shape[1] - K * (2 if self.config.i64_input_key
-                                                                      else 1):])
-        if self.config.i64_input_key:
-            keys = block.view("<i8")
+        i64 = self.config.i64_input_key
+        block = rows[:, rows.shape[1] - K * (2 if i64 else 1):]
+        slot_of_col = np.repeat(np.arange(len(nnz)), nnz)
+        if i64:
+            keys = np.ascontiguousarray(block).view("<i8")
+            if keys.size and keys.min() < 0:
+                r, c = np.argwhere(keys < 0)[0]
+                raise DataError(path, f"key {int(keys[r, c])} is negative", row=start + int(r),
+                                field=f"slot {int(slot_of_col[c])}")
         else:
             keys = block.view(np.uint32).astype(np.int64)
-        slot_of_col = np.repeat(np.arange(len(nnz)), nnz)
         sizes = self.config.slot_size_array
-        if keys.size and keys.min() < 0:
-            bad = keys < 0
-            r, c = np.argwhere(bad)[0]
-            raise DataError(path, f"key {int(keys[r, c])} is negative", row=start + int(r),
-                            field=f"slot {int(slot_of_col[c])}")
         if sizes:
             if len(sizes) != len(nnz):
                 raise DataError(path, f"slot_size_array has {len(sizes)} entries, the schema has "
                                 f"{len(nnz)} slots")
-            lim = np.asarray(sizes, dtype=np.int64)[slot_of_col]
-            bad = keys >= lim
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                check_keys(path, keys[r, c:c + 1], slot_of_col[c:c + 1], np.asarray(sizes),
-                           np.array([r]), start, True)
+            self._check_sizes(path, keys, start, slot_of_col, False)
             off = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)[slot_of_col]
-            keys = keys + off
+            if i64:
+                keys = keys + off
+            else:
+                keys += off
         k, ln = split_slots(self.schema, keys.reshape(-1), fixed_lengths(n, nnz))
         yield Chunk(labels, dense, k, ln)
