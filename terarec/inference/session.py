@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from terarec.errors import ConfigError, NotSupportedError
+from terarec.errors import ConfigError
 from terarec.inference.csr import CsrBatch, parse_csr
 from terarec.inference.dense_network import DenseFn, build_dense_network, dense_dim_of
 from terarec.inference.factories import EmbeddingCacheHandle, ps_config_for, read_inference_config
@@ -94,16 +94,15 @@ class _SessionBase:
     core: SessionCore
     embedding_cache: EmbeddingCacheHandle
 
-    def predict(self, *args: Any, i64_input_key: bool | None = None, **kwargs: Any) -> Any:
-        """``predict(dense_feature, embeddingcolumns, row_ptrs)`` -> list of probabilities.
+    graph_path: str = ""
 
-        The reader-driven overload ``predict(num_batches, source, data_reader_type, ...)``
-        is not available here (it needs the training-side data readers).
-        """
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
-            raise NotSupportedError("predict(num_batches, source, ...) from a data reader is "
-                                    "not available; pass dense_feature, embeddingcolumns, "
-                                    "row_ptrs")
+    def predict(self, *args: Any, i64_input_key: bool | None = None, **kwargs: Any) -> Any:
+        """``predict(dense_feature, embeddingcolumns, row_ptrs)`` -> list of probabilities, or
+        ``predict(num_batches, source, data_reader_type, check_type, slot_size_array=[])`` ->
+        float32 array ``(num_batches * max_batchsize, label_dim)`` read from data files."""
+        if (args and isinstance(args[0], int) and not isinstance(args[0], bool)) or \
+                "num_batches" in kwargs:
+            return self._from_reader(*args, i64_input_key=i64_input_key, **kwargs)[0]
         dense_feature, embeddingcolumns, row_ptrs = (list(args) + [kwargs.get(k) for k in (
             "dense_feature", "embeddingcolumns", "row_ptrs")][len(args):])[:3]
         keys = np.asarray(embeddingcolumns)
@@ -111,12 +110,31 @@ class _SessionBase:
             keys = keys.astype(np.int32).astype(np.int64)
         return self.core.predict(dense_feature, keys, row_ptrs).tolist()
 
+    def _from_reader(self, num_batches: int, source: str, data_reader_type: Any,
+                     check_type: Any, slot_size_array: list[int] | None = None,
+                     *_more: Any, i64_input_key: bool | None = None,
+                     **_kw: Any) -> tuple[np.ndarray, np.ndarray]:
+        from terarec.inference.reader_predict import predict_from_reader
+
+        if i64_input_key is None:
+            params = getattr(self, "params", None)
+            i64_input_key = bool(params.i64_input_key) if params is not None else True
+        i64 = bool(i64_input_key)
+        return predict_from_reader(self, self.graph_path, num_batches, source, data_reader_type,
+                                   check_type, slot_size_array, i64)
+
+    def evaluate(self, num_batches: int, source: str, data_reader_type: Any, check_type: Any,
+                 slot_size_array: list[int] | None = None, *more: Any, **kw: Any) -> float:
+        """AUC of the predictions on ``num_batches`` batches of ``source``."""
+        from terarec.metrics import exact_auc
+
+        preds, labels = self._from_reader(num_batches, source, data_reader_type, check_type,
+                                          slot_size_array, *more, **kw)
+        return float(exact_auc(torch.from_numpy(preds), torch.from_numpy(labels)).mean())
+
     def refresh_embedding_cache(self) -> None:
         self.embedding_cache.refresh()
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> float:
-        raise NotSupportedError("evaluate() from a data reader is not available in terarec's "
-                                "inference session")
 
 
 class InferenceSession(_SessionBase):
@@ -130,6 +148,7 @@ class InferenceSession(_SessionBase):
                  *, dense_network: DenseNetwork | None = None) -> None:
         cfg = read_inference_config(config_file)
         graph = {"layers": cfg["layers"]}
+        self.graph_path = config_file
         self.embedding_cache = embedding_cache
         device = device_for(device_id)
         dense_fn, specs = dense_network or build_dense_network(
@@ -148,6 +167,7 @@ class _ParamsSession(_SessionBase):
         device = device_for(params.deployed_devices[0] if params.deployed_devices
                             else params.device_id)
         graph_path = params.network_file or config_file
+        self.graph_path = graph_path
         dense_fn, specs = dense_network or build_dense_network(
             graph_path, params.dense_model_file, device, params.non_trainable_params_file)
         self.parameter_server = parameter_server or HPS(

@@ -7,7 +7,10 @@ backward pass (no dense table gradient exists); the dense optimizer steps afterw
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +58,11 @@ class Engine(nn.Module):
         self.loss_sync: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.last_train: NetworkOutput | None = None
         self.last_eval: NetworkOutput | None = None
+        # CUDA graph of the dense forward+backward of a training step (static shapes, CUDA,
+        # fused kernels on): one replay instead of ~150 launches. Embedding lookups and their
+        # fused updates stay eager around it. Model.compile sets it from use_cuda_graph.
+        self.use_cuda_graph = False
+        self._graph: dict[str, Any] = {}
         precision.apply_global(device)
 
     # ------------------------------------------------------------------------ helpers
@@ -83,13 +91,57 @@ class Engine(nn.Module):
             embeddings = self.embed(batch)
             return self.network(batch.dense, batch.labels, embeddings, compute_loss=compute_loss)
 
+    def _graphed_dense(self, batch: Batch, embeddings: dict[str, torch.Tensor],
+                       ) -> Callable[..., tuple[torch.Tensor, ...]] | None:
+        """The captured dense step for these shapes (built on first use), else None."""
+        from terarec.kernels import backend_for
+
+        if self.device.type != "cuda" or self.grad_sync is not None \
+                or backend_for(batch.dense) != "triton":
+            return None
+        key = (tuple(batch.dense.shape), tuple(batch.labels.shape),
+               tuple((n, tuple(e.shape), e.dtype, e.requires_grad)
+                     for n, e in embeddings.items()))
+        if self._graph:
+            return self._graph["fn"] if self._graph["key"] == key else None
+        sample = (batch.dense.detach().clone(), batch.labels.detach().clone(),
+                  *[e.detach().clone().requires_grad_(e.requires_grad)
+                    for e in embeddings.values()])
+        try:
+            fn = torch.cuda.make_graphed_callables(_DenseStep(self.network, list(embeddings)),
+                                                   sample, allow_unused_input=True)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: stay eager
+            warnings.warn(f"CUDA graph capture of the dense step failed ({exc}); "
+                          "training continues without CUDA graphs", stacklevel=3)
+            self.use_cuda_graph = False
+            return None
+        self._graph = {"key": key, "fn": fn}
+        return fn
+
+    def _forward_train(self, batch: Batch) -> NetworkOutput:
+        if not self.use_cuda_graph:
+            return self.forward_batch(batch)
+        batch = batch.to(self.device, non_blocking=True)
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+               if self.precision.use_mixed_precision and self.device.type == "cuda"
+               else contextlib.nullcontext())
+        with amp:
+            embeddings = self.embed(batch)
+            fn = self._graphed_dense(batch, embeddings)
+            if fn is None:
+                return self.network(batch.dense, batch.labels, embeddings)
+            loss, preds, labels = fn(batch.dense, batch.labels, *embeddings.values())
+        out = NetworkOutput({"dense": batch.dense, **embeddings}, loss=loss.clone(),
+                            predictions=preds, labels=labels)
+        return out
+
     # ------------------------------------------------------------------------ steps
     def train_step(self, batch: Batch) -> torch.Tensor:
         """Forward, backward (sparse updates fused), dense update. Returns the loss (0-dim)."""
         self.train()
         if self.dense_optimizer is not None:
             self.dense_optimizer.zero_grad(set_to_none=True)
-        out = self.forward_batch(batch)
+        out = self._forward_train(batch)
         loss = out.loss
         assert loss is not None  # noqa: S101 - compute_loss=True always sets it
         scaled = loss * self.precision.scaler if self.precision.scaler != 1.0 else loss
@@ -118,3 +170,19 @@ class Engine(nn.Module):
         out = self.forward_batch(batch, compute_loss=False)
         assert out.predictions is not None  # noqa: S101 - every graph ends in a loss layer
         return out.predictions
+
+
+class _DenseStep(nn.Module):
+    """The dense network as a function of tensors only (what a CUDA graph captures)."""
+
+    def __init__(self, network: DenseNetwork, names: list[str]) -> None:
+        super().__init__()
+        self.network = network
+        self.names = names
+
+    def forward(self, dense: torch.Tensor, labels: torch.Tensor,
+                *embs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(dense, labels, dict(zip(self.names, embs)))
+        assert out.loss is not None and out.predictions is not None  # noqa: S101
+        assert out.labels is not None  # noqa: S101
+        return out.loss, out.predictions.detach(), out.labels.detach()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from terarec.errors import ConfigError, NotSupportedError
+from terarec.errors import ConfigError
 from terarec.inference import (
     CreateEmbeddingCache,
     CreateInferenceSession,
@@ -127,8 +127,8 @@ def test_params_session_and_pooling(model) -> None:
     rp_abs = [0, 2, 2, 3, 4, 4, 5, 7, 7, 8, 9, 10]
     b2 = sess.core.parse(np.zeros(6), keys, rp_abs)
     torch.testing.assert_close(sess.core.pool(b2)["emb_deep"], pooled["emb_deep"])
-    with pytest.raises(NotSupportedError):
-        sess.predict(1, "file_list.txt")
+    with pytest.raises(TypeError):
+        sess.predict(1, "file_list.txt")  # the reader overload needs the reader type too
     with pytest.raises(ConfigError, match="max_batchsize"):
         sess.core.run(merge([batch] * 5))
 

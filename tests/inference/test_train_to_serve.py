@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from terarec.enums import Check_t, DataReaderType_t
 from terarec.inference import CreateInferenceSession, InferenceParams
 from tests.helpers.models import BUILDERS
 from tests.helpers.synth import raw_async_dataset
@@ -30,7 +31,7 @@ def test_inference_equals_training_predict(name, data, tmp_path):
         dense_model_file=f"{prefix}_dense_30.model",
         sparse_model_files=[f"{prefix}{i}_sparse_30.model" for i in range(n_tables)],
         device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=0.5,
-        i64_input_key=True)
+        i64_input_key=False)
     session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
     batch = next(model.eval_reader.iterate_once())
     expected = model.predict(batch)
@@ -40,4 +41,11 @@ def test_inference_equals_training_predict(name, data, tmp_path):
     row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
     got = np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+    # HugeCTR 23.08's reader-driven overloads read the same files the training used
+    from_files = session.predict(2, data["eval"], DataReaderType_t.RawAsync, Check_t.Non,
+                                 data["slot_sizes"])
+    np.testing.assert_allclose(from_files, model.predict(num_batches=2), rtol=1e-5, atol=1e-6)
+    auc = session.evaluate(4, data["eval"], DataReaderType_t.RawAsync, Check_t.Non,
+                           data["slot_sizes"])
+    assert abs(auc - model.evaluate(num_batches=4)["AUC"]) < 1e-6
     session.close()

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from terarec.data.readers.base import FormatSource, check_files_exist, read_file_list
-from terarec.data.readers.chunk import Chunk, check_dense_finite, check_keys, split_slots
+from terarec.data.readers.chunk import (
+    Chunk,
+    check_dense_finite,
+    check_keys,
+    fixed_lengths,
+    split_slots,
+)
 from terarec.errors import DataError
 from terarec.utils.imports import require
 
@@ -183,22 +189,28 @@ class ParquetSource(FormatSource):
         yield self._to_chunk(path, table, start)
 
     def _float_block(self, path, table, names, row0) -> np.ndarray:
+        """Float columns (scalar or fixed-width lists) side by side, one ``(n, width)`` array."""
         import pyarrow as pa
 
+        n = table.num_rows
         parts = []
         for name in names:
-            col = table.column(name).combine_chunks()
+            col = table.column(name)
+            col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
             if col.null_count:
                 raise DataError(path, "null value", row=row0 + _first_null(col), field=name)
             if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):
                 vals = col.flatten().to_numpy(zero_copy_only=False)
                 width = vals.size // max(len(col), 1)
-                parts.append(vals.astype(np.float32).reshape(len(col), width))
+                parts.append(vals.reshape(len(col), width))
             else:
-                parts.append(col.to_numpy(zero_copy_only=False).astype(np.float32)[:, None])
-        if not parts:
-            return np.zeros((table.num_rows, 0), dtype=np.float32)
-        return np.concatenate(parts, axis=1)
+                parts.append(col.to_numpy(zero_copy_only=False)[:, None])
+        out = np.empty((n, sum(p.shape[1] for p in parts)), dtype=np.float32)
+        c0 = 0
+        for part in parts:
+            out[:, c0 : c0 + part.shape[1]] = part
+            c0 += part.shape[1]
+        return out
 
     def _to_chunk(self, path: str, table, row0: int) -> Chunk:
         import pyarrow as pa
@@ -213,35 +225,57 @@ class ParquetSource(FormatSource):
         check_dense_finite(path, dense, row0)
         sizes = self.config.slot_size_array
         S = len(c.cats)
-        lengths = np.ones((n, S), dtype=np.int64)
+        offs = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes else \
+            np.zeros(S, dtype=np.int64)
+        lengths: np.ndarray | None = None
         per_slot: list[np.ndarray] = []
+        top = 0
         for s, name in enumerate(c.cats):
-            col = table.column(name).combine_chunks()
+            col = table.column(name)
+            col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
             if col.null_count:
                 raise DataError(path, "null value", row=row0 + _first_null(col), field=name)
             if pa.types.is_list(col.type):
+                if lengths is None:
+                    lengths = np.ones((n, S), dtype=np.int64)
                 off = col.offsets.to_numpy()
                 vals = col.flatten().to_numpy(zero_copy_only=False)
                 lengths[:, s] = np.diff(off)
             else:
                 vals = col.to_numpy(zero_copy_only=False)
-            vals = vals.astype(np.int64, copy=False)
-            if vals.size and (vals.min() < 0 or (sizes and vals.max() >= sizes[s])):
-                rows = np.repeat(np.arange(n), lengths[:, s])
-                check_keys(path, vals, np.full(vals.size, s), np.asarray(sizes) if sizes else None,
-                           rows, row0, True, slot_names=c.cats)
+            if vals.size:
+                lo, hi = int(vals.min()), int(vals.max())
+                if lo < 0 or (sizes and hi >= sizes[s]):
+                    ln = lengths[:, s] if lengths is not None else np.ones(n, dtype=np.int64)
+                    rows = np.repeat(np.arange(n), ln)
+                    check_keys(path, vals.astype(np.int64), np.full(vals.size, s),
+                               np.asarray(sizes) if sizes else None, rows, row0, True,
+                               slot_names=c.cats)
+                top = max(top, hi + int(offs[s]))
             per_slot.append(vals)
-        maxnnz = [m for sp in sch.sparse for m in sp.nnz_per_slot]
-        over = lengths > np.asarray(maxnnz)
-        if over.any():
-            r, s = np.argwhere(over)[0]
-            raise DataError(path, f"{int(lengths[r, s])} keys in one slot, nnz_per_slot allows "
-                            f"{maxnnz[s]}", row=row0 + int(r), field=c.cats[s])
-        if sizes:
-            offs = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-            per_slot = [v + offs[s] for s, v in enumerate(per_slot)]
-        keys = _interleave(per_slot, lengths)
-        if not self.config.i64_input_key and keys.size and keys.max() > 0xFFFFFFFF:
+        maxnnz = np.asarray([m for sp in sch.sparse for m in sp.nnz_per_slot], dtype=np.int64)
+        if lengths is None:  # all one-hot: write the (n, S) key matrix column by column
+            if S and (maxnnz < 1).any() and n:
+                s = int(np.flatnonzero(maxnnz < 1)[0])
+                raise DataError(path, f"1 keys in one slot, nnz_per_slot allows {maxnnz[s]}",
+                                row=row0, field=c.cats[s])
+            mat = np.empty((n, S), dtype=np.int64)
+            for s, vals in enumerate(per_slot):
+                if offs[s]:
+                    np.add(vals, offs[s], out=mat[:, s], casting="unsafe")
+                else:
+                    mat[:, s] = vals
+            keys = mat.reshape(-1)
+            lengths = fixed_lengths(n, [1] * S)
+        else:
+            over = lengths > maxnnz
+            if over.any():
+                r, s = np.argwhere(over)[0]
+                raise DataError(path, f"{int(lengths[r, s])} keys in one slot, nnz_per_slot "
+                                f"allows {maxnnz[s]}", row=row0 + int(r), field=c.cats[s])
+            keys = _interleave([v.astype(np.int64, copy=False) + offs[s]
+                                for s, v in enumerate(per_slot)], lengths)
+        if not self.config.i64_input_key and top > 0xFFFFFFFF:
             check_keys(path, keys, None, None, None, row0, False)
         k, ln = split_slots(sch, keys, lengths)
         return Chunk(labels, dense, k, ln)
