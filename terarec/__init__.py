@@ -42,6 +42,52 @@ for _enum in ALL_ENUMS.values():
         globals().setdefault(_member.name, _member)
 del _enum, _member
 
+_SUBMODULES = ("inference", "tools", "data", "serving", "distributed", "kernels")
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+    """``hugectr.inference`` / ``hugectr.tools`` ... as attributes, imported on first use."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"terarec.{name}")
+    raise AttributeError(f"module 'terarec' has no attribute {name!r}")
+
+
+def _alias_as_hugectr() -> None:
+    """Let ``from hugectr.inference import X`` work after ``import terarec as hugectr``.
+
+    Only when no real ``hugectr`` package is installed: then ``hugectr`` and its sub-modules
+    resolve to terarec's (a ``sys.modules`` alias; nothing is written to disk).
+    """
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    if "hugectr" in sys.modules or importlib.util.find_spec("hugectr") is not None:
+        return
+    sys.modules["hugectr"] = sys.modules[__name__]
+
+    class _HugeCTRAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201
+            if not fullname.startswith("hugectr."):
+                return None
+            real = "terarec." + fullname[len("hugectr."):]
+            if importlib.util.find_spec(real) is None:
+                return None
+            return importlib.util.spec_from_loader(fullname, self)
+
+        def create_module(self, spec):  # noqa: ANN001, ANN201 - the terarec module itself
+            return importlib.import_module("terarec." + spec.name[len("hugectr."):])
+
+        def exec_module(self, module):  # noqa: ANN001, ANN201 - already executed
+            return None
+
+    sys.meta_path.insert(0, _HugeCTRAliasFinder())
+
+
+_alias_as_hugectr()
+
 __all__ = [
     "AsyncParam", "CreateOptimizer", "CreateSolver", "DataReaderParams", "DataReaderSparseParam",
     "DataSourceParams", "DenseLayer", "DenseLayerComputeConfig", "GroupDenseLayer",

@@ -107,3 +107,17 @@ def test_submodules_exist():
 
     assert hasattr(terarec.optimizer, "CreateOptimizer")
     assert hasattr(terarec.data, "DataSourceParams")
+
+
+def test_hugectr_submodule_imports_resolve_to_terarec():
+    import importlib
+    import sys
+
+    if "hugectr" in sys.modules and sys.modules["hugectr"] is not hugectr:
+        pytest.skip("a real hugectr package is installed")
+    inference = importlib.import_module("hugectr.inference")
+    import terarec.inference
+
+    assert inference is terarec.inference
+    assert importlib.import_module("hugectr.tools").DataGeneratorParams
+    assert hugectr.inference.InferenceParams is terarec.inference.InferenceParams

@@ -54,7 +54,8 @@ def test_table_fast_path_matches_reference(opt: str, hyper: dict) -> None:
             out_r = ref(sp)
             (out_r * w).sum().backward()
         (out_f * w).sum().backward()
-        torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-6)
+        # Adam's m/sqrt(v) amplifies summation-order rounding of near-zero gradients
+        torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
     assert getattr(fast, "_fast_ready", False), "the fused path did not run"
     assert fast.num_keys == ref.num_keys
     kf, vf, sf = fast.export()
@@ -130,3 +131,33 @@ def test_dlrm_model_fast_matches_reference(mixed: bool) -> None:
                                rtol=tol * 10, atol=tol)
     for pf, pr in zip(fast.engine.network.dense_weights(), ref.engine.network.dense_weights()):
         torch.testing.assert_close(pf, pr, rtol=tol * 10, atol=tol)
+
+
+def _batches(n: int, batch: int, seed: int) -> list[Batch]:
+    gen = torch.Generator().manual_seed(seed)
+    return [Batch((torch.rand(batch, 1, generator=gen) < 0.3).float().cuda(),
+                  torch.rand(batch, 13, generator=gen).cuda(),
+                  {"data1": one_hot(batch, SIZES, gen)}) for _ in range(n)]
+
+
+def test_cuda_graph_step_matches_eager() -> None:
+    """The captured dense step gives the eager step's losses and weights; a batch of another
+    size (an epoch's last) runs eagerly."""
+    graphed, eager = _dlrm(True, 1024), _dlrm(True, 1024)
+    graphed.engine.use_cuda_graph = True
+    losses_g, losses_e = [], []
+    batches = _batches(8, 1024, 5) + _batches(1, 512, 6) + _batches(2, 1024, 7)
+    for b in batches:
+        graphed.train(b)
+        eager.train(b)
+        losses_g.append(graphed.get_current_loss())
+        losses_e.append(eager.get_current_loss())
+    assert graphed.engine._graph, "no graph was captured"
+    assert graphed.engine.use_cuda_graph
+    torch.testing.assert_close(torch.tensor(losses_g), torch.tensor(losses_e), rtol=1e-3,
+                               atol=1e-3)
+    for pg, pe in zip(graphed.engine.network.dense_weights(),
+                      eager.engine.network.dense_weights()):
+        torch.testing.assert_close(pg, pe, rtol=1e-2, atol=1e-3)
+    tg, te = graphed.engine.tables["emb"], eager.engine.tables["emb"]
+    torch.testing.assert_close(tg.weight, te.weight, rtol=1e-2, atol=1e-3)

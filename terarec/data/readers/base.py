@@ -210,9 +210,20 @@ class Reader:
             units = [units[j] for j in perm]
         return units
 
-    def _chunks(self) -> Iterator[Chunk]:
-        workers = max(1, min(self.config.num_workers, os.cpu_count() or 1))
+    def _workers(self) -> int:
+        return max(1, min(self.config.num_workers, os.cpu_count() or 1))
+
+    def _chunks(self) -> Iterator[tuple[Chunk, np.ndarray | None]]:
+        """Decoded chunks in file order, each with its within-chunk shuffle permutation (or None).
+
+        Units are decoded concurrently on ``num_workers`` threads (numpy / pyarrow release the
+        GIL), up to ``2 * num_workers`` ahead, and handed on in unit order, so the output does not
+        depend on the number of workers. The permutations are drawn here, in order, from one
+        seeded generator; applying them is left to the batch assembly threads.
+        """
+        workers = self._workers()
         rng = np.random.default_rng(self.config.seed + 7919)
+        shuffle = self.config.shuffle
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terarec-decode") as pool:
             while True:
                 units = self._units(self.epoch)
@@ -221,7 +232,7 @@ class Reader:
                     for path, a, b in units:
                         for c in self.source.decode(path, a, b):
                             got += len(c)
-                            yield self._maybe_shuffle(c, rng)
+                            yield c, rng.permutation(len(c)) if shuffle and len(c) > 1 else None
                 else:
                     pending: deque[Future] = deque()
                     it = iter(units)
@@ -237,7 +248,7 @@ class Reader:
                                 pool.submit(lambda u=nxt: list(self.source.decode(*u))))
                         for c in chunks:
                             got += len(c)
-                            yield self._maybe_shuffle(c, rng)
+                            yield c, rng.permutation(len(c)) if shuffle and len(c) > 1 else None
                 self.epoch += 1
                 if not self.repeat:
                     return
@@ -245,28 +256,53 @@ class Reader:
                     raise DataError(str(self.config.source),
                                     f"rank {self.rank} of {self.world_size} has no samples to read")
 
-    def _maybe_shuffle(self, c: Chunk, rng: np.random.Generator) -> Chunk:
-        return c.take(rng.permutation(len(c))) if self.config.shuffle and len(c) > 1 else c
-
-    def __iter__(self) -> Iterator[Batch]:
+    def _plans(self) -> Iterator[list[tuple[Chunk, np.ndarray | None, int, int]]]:
+        """Cut the chunk stream into batches: each plan lists the ``(chunk, perm, a, b)`` pieces
+        (samples ``a:b`` of the chunk, after its permutation) that make one batch. O(1) per piece:
+        no sample data is touched here."""
         bs = self.batch_size
-        pending: list[Chunk] = []
+        pending: list[tuple[Chunk, np.ndarray | None, int, int]] = []
         have = 0
-        for chunk in self._chunks():
+        for chunk, perm in self._chunks():
             n = len(chunk)
             pos = 0
             if have:
                 need = bs - have
                 if n < need:
-                    pending.append(chunk)
+                    pending.append((chunk, perm, 0, n))
                     have += n
                     continue
-                yield Chunk.concat([*pending, chunk.slice(0, need)]).to_batch(self.schema)
+                yield [*pending, (chunk, perm, 0, need)]
                 pending, have, pos = [], 0, need
             while n - pos >= bs:
-                yield chunk.slice(pos, pos + bs).to_batch(self.schema)
+                yield [(chunk, perm, pos, pos + bs)]
                 pos += bs
             if pos < n:
-                pending, have = [chunk.slice(pos, n)], n - pos
+                pending, have = [(chunk, perm, pos, n)], n - pos
         if have and not self.drop_incomplete_batch:
-            yield Chunk.concat(pending).to_batch(self.schema)
+            yield pending
+
+    def _assemble(self, plan: list[tuple[Chunk, np.ndarray | None, int, int]]) -> Batch:
+        parts = [c.slice(a, b) if perm is None else c.take(perm[a:b]) for c, perm, a, b in plan]
+        return Chunk.concat(parts).to_batch(self.schema)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Batches in order. Slicing, shuffling, concatenation and tensor building of each batch
+        run on ``num_workers`` assembly threads, so the consuming thread only hands batches out;
+        batches before a decode error are still delivered before the error is raised."""
+        workers = self._workers()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terarec-batch") as pool:
+            ready: deque[Future] = deque()
+            try:
+                for plan in self._plans():
+                    ready.append(pool.submit(self._assemble, plan))
+                    if len(ready) > workers:
+                        yield ready.popleft().result()
+            except Exception:  # deliver what was decoded before the error, then raise it
+                while ready:
+                    fut = ready.popleft()
+                    if fut.exception() is None:
+                        yield fut.result()
+                raise
+            while ready:
+                yield ready.popleft().result()
