@@ -15,3 +15,5 @@ python3 -m pytest -q -p no:cacheprovider -x tests/training tests/compat \
   2>&1 | tail -15 | tee "$OUT/train_on_gpu.txt"
 python3 examples/dlrm.py --data-dir /tmp/dlrm_gpu --samples 200000 --batchsize 8192 --iters 60 \
   2>&1 | tail -4 | tee "$OUT/example_dlrm.txt"
+python3 benchmarks/inference_gpu.py --batch 65536 --max-rows 100000 2>&1 | tail -3 | tee "$OUT/inference_gpu.txt"
+python3 benchmarks/data_readers.py --workers 16 2>&1 | tail -16 | tee "$OUT/data_readers_16.txt"

@@ -131,9 +131,10 @@ class Engine(nn.Module):
             if fn is None:
                 return self.network(batch.dense, batch.labels, embeddings)
             loss, preds, labels = fn(batch.dense, batch.labels, *embeddings.values())
-        out = NetworkOutput({"dense": batch.dense, **embeddings}, loss=loss.clone(),
-                            predictions=preds, labels=labels)
-        return out
+        # The graph's outputs are static buffers: the loss is copied (the step's return value),
+        # predictions are the last step's until the next replay.
+        return NetworkOutput({self.network.schema.dense_name: batch.dense, **embeddings},
+                             loss=loss.clone(), predictions=preds, labels=labels)
 
     # ------------------------------------------------------------------------ steps
     def train_step(self, batch: Batch) -> torch.Tensor:
