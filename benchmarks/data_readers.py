@@ -2,12 +2,16 @@
 
 Usage: python benchmarks/data_readers.py [--samples 2000000] [--workers N]
 Prints a markdown table. "decode" = the format's decoder over all units on a thread pool
-(no batching); "reader" = full Reader iteration (batch 65536, torch tensors out).
+(no batching); "reader" = full Reader iteration (batch 65536, torch tensors out). "rows/s" is
+wall-clock; "rows/CPU-s" divides by the CPU time of the whole process (all threads), i.e. the
+throughput of one fully used core -- on a shared or small machine the better basis for what N
+cores can reach (N x that, if nothing else limits).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import tempfile
@@ -47,7 +51,19 @@ def _write(d: str, fmt: str, n: int, files: int) -> str:
     return paths[0]
 
 
-def bench(n: int, workers: int) -> list[tuple[str, str, int, float]]:
+class _Timer:
+    """Wall-clock and process CPU time of a block."""
+
+    def __enter__(self) -> _Timer:
+        self.t, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t
+        self.cpu = max(time.process_time() - self.c, 1e-9)
+
+
+def bench(n: int, workers: int) -> list[tuple[str, str, int, float, float]]:
     sch = DataSchema([1], ["label"], 13, "dense", [SparseSpec("data1", 1, True, 26)])
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -59,16 +75,15 @@ def bench(n: int, workers: int) -> list[tuple[str, str, int, float]]:
             units = []
             for i, p in enumerate(source.paths):
                 units += [(p, a, b) for a, b in source.pieces(i, 0, source.counts[i])]
-            with ThreadPoolExecutor(workers) as pool:
-                t = time.perf_counter()
+            list(source.decode(*units[0]))  # warm-up: lazy imports, tables
+            with ThreadPoolExecutor(workers) as pool, _Timer() as tm:
                 total = sum(sum(len(c) for c in cs) for cs in
                             pool.map(lambda u, s=source: list(s.decode(*u)), units))
-                dt = time.perf_counter() - t
-            rows.append((fmt, "decode", total, total / dt))
+            rows.append((fmt, "decode", total, total / tm.wall, total / tm.cpu))
             r = create_reader(cfg, sch, 65536, repeat=False, drop_incomplete_batch=False)
-            t = time.perf_counter()
-            total = sum(b.batch_size for b in r)
-            rows.append((fmt, "reader", total, total / (time.perf_counter() - t)))
+            with _Timer() as tm:
+                total = sum(b.batch_size for b in r)
+            rows.append((fmt, "reader", total, total / tm.wall, total / tm.cpu))
         if CRITEO.exists():
             big = os.path.join(d, "criteo10x.txt")
             with open(CRITEO, "rb") as fh:
@@ -76,16 +91,18 @@ def bench(n: int, workers: int) -> list[tuple[str, str, int, float]]:
             with open(big, "wb") as fh:
                 for _ in range(10):
                     fh.write(data)
-            t = time.perf_counter()
-            res = preprocess_criteo(big, os.path.join(d, "pp"), num_workers=workers,
-                                    block_bytes=4 << 20, progress=False)
+            with _Timer() as tm:
+                res = preprocess_criteo(big, os.path.join(d, "pp"), num_workers=workers,
+                                        block_bytes=4 << 20, progress=False)
+            # worker processes: their CPU time is not in this process's; report wall only
             rows.append(("Criteo TSV -> Parquet", "preprocess (2 passes)", res.rows,
-                         res.rows / (time.perf_counter() - t)))
-            cfg = ReaderConfig("CriteoTSV", big, slot_size_array=[1000] * 26)
-            t = time.perf_counter()
-            total = sum(b.batch_size for b in create_reader(cfg, sch, 65536, repeat=False,
-                                                            drop_incomplete_batch=False))
-            rows.append(("CriteoTSV", "reader", total, total / (time.perf_counter() - t)))
+                         res.rows / tm.wall, float("nan")))
+            cfg = ReaderConfig("CriteoTSV", big, slot_size_array=[1000] * 26,
+                               num_workers=workers)
+            with _Timer() as tm:
+                total = sum(b.batch_size for b in create_reader(cfg, sch, 65536, repeat=False,
+                                                                drop_incomplete_batch=False))
+            rows.append(("CriteoTSV", "reader", total, total / tm.wall, total / tm.cpu))
     return rows
 
 
@@ -96,10 +113,11 @@ def main() -> None:
     a = ap.parse_args()
     print(f"# data readers, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, workers={a.workers}, samples={a.samples}")
-    print("| format | what | rows | rows/s |")
-    print("|---|---|---:|---:|")
-    for fmt, what, n, rate in bench(a.samples, a.workers):
-        print(f"| {fmt} | {what} | {n:,} | {rate:,.0f} |")
+    print("| format | what | rows | rows/s | rows/CPU-s |")
+    print("|---|---|---:|---:|---:|")
+    for fmt, what, n, rate, per_cpu in bench(a.samples, a.workers):
+        cpu = "-" if math.isnan(per_cpu) else f"{per_cpu:,.0f}"
+        print(f"| {fmt} | {what} | {n:,} | {rate:,.0f} | {cpu} |")
 
 
 if __name__ == "__main__":

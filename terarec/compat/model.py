@@ -123,6 +123,7 @@ class Model(ModelFilesMixin):
         precision = PrecisionConfig(self.solver.use_mixed_precision,
                                     self.solver.enable_tf32_compute, self.solver.scaler)
         self.engine = Engine(network, tables, inputs, dense_opt, precision, self.device)
+        self.engine.use_cuda_graph = bool(self.solver.use_cuda_graph)
         if self._dist is not None:
             self._dist.attach(self.engine)
         self._metrics = self._make_metrics()

@@ -3,8 +3,9 @@
 * :mod:`~terarec.distributed.env` / :mod:`~terarec.distributed.launch`: process groups from
   torchrun variables (NCCL on CUDA, gloo on CPU) and one process per ``vvgpu`` GPU.
 * :class:`ShardedEmbeddingCollection`: ``input_dist -> lookup -> output_dist`` with one strategy
-  per placement kind (``row_wise``, ``table_wise``, ``replicated``; registry
-  :data:`STRATEGIES`), exactly equal to one-process training on the same global batches.
+  per placement kind (``row_wise``, ``table_wise``, ``replicated``, ``column_wise``,
+  ``hybrid``; registry :data:`STRATEGIES`), exactly equal to one-process training on the same
+  global batches.
 * :mod:`~terarec.distributed.planner`: proposes / checks / prints / loads plans.
 * :mod:`~terarec.distributed.checkpoint`: per-rank shards, loadable on any number of ranks.
 * :mod:`~terarec.distributed.model_hooks`: what ``hugectr.Model`` calls when a job has ranks.

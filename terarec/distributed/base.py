@@ -189,8 +189,12 @@ class ShardedTableBase(nn.Module):
         return res.astype(np.uint64) if arr.dtype == np.uint64 else res
 
     def _collect(self, dst: int | None) -> tuple[Arrays, bytes] | None:
-        keys, vectors, slots = self.local_export()
-        state = self.local_optimizer_state()
+        return self._gather_all(self.local_export(), self.local_optimizer_state(), dst)
+
+    def _gather_all(self, local: Arrays, state: state_format.State,
+                    dst: int | None) -> tuple[Arrays, bytes] | None:
+        """Gather every rank's ``local`` rows and their optimizer ``state`` (collective)."""
+        keys, vectors, slots = local
         g_keys = self._gather(keys, dst)
         g_vec = self._gather(vectors, dst)
         g_slots = self._gather(slots, dst)

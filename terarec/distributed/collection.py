@@ -20,7 +20,13 @@ import torch.distributed as dist
 from torch import nn
 
 # Strategy modules register themselves on import.
-from terarec.distributed import replicated, row_wise, table_wise  # noqa: F401
+from terarec.distributed import (  # noqa: F401
+    column_wise,
+    hybrid,
+    replicated,
+    row_wise,
+    table_wise,
+)
 from terarec.distributed.types import STRATEGIES
 from terarec.embedding.config import TableConfig
 from terarec.embedding.plan import ShardingPlan
@@ -30,11 +36,13 @@ from terarec.sparse import SparseInput
 
 def build_sharded_table(cfg: TableConfig, plan: ShardingPlan, device: torch.device | str | None,
                         generator: torch.Generator | None,
-                        group: dist.ProcessGroup | None = None) -> nn.Module:
-    """The strategy module of one table (draws one seed from ``generator`` on every rank)."""
+                        group: dist.ProcessGroup | None = None,
+                        options: dict[str, Any] | None = None) -> nn.Module:
+    """The strategy module of one table (draws one seed from ``generator`` on every rank);
+    ``options`` are extra keyword arguments of the strategy (e.g. ``hybrid``'s ``hot_keys``)."""
     placement = plan[cfg.name]
     cls = STRATEGIES.get(placement.kind, f"sharding plan, table {cfg.name!r}.kind")
-    return cls(cfg, placement, device, generator, group)
+    return cls(cfg, placement, device, generator, group, **(options or {}))
 
 
 class ShardedEmbeddingCollection(nn.Module):
@@ -46,12 +54,15 @@ class ShardedEmbeddingCollection(nn.Module):
         device: this rank's device.
         generator: seeds every table's init, in table order (same on every rank).
         group: process group (default: the world).
+        options: table name -> extra keyword arguments of its strategy (``hybrid``:
+            ``hot_keys`` / ``max_hot`` / ``statistics_batches``).
     """
 
     def __init__(self, tables: list[TableConfig], plan: ShardingPlan,
                  device: torch.device | str | None = None,
                  generator: torch.Generator | None = None,
-                 group: dist.ProcessGroup | None = None) -> None:
+                 group: dist.ProcessGroup | None = None,
+                 options: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
         names = [t.name for t in tables]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -59,8 +70,9 @@ class ShardedEmbeddingCollection(nn.Module):
             raise ConfigError("ShardedEmbeddingCollection", "unique table names", dup)
         self.configs = list(tables)
         self.plan = plan
-        self.tables = nn.ModuleDict({c.name: build_sharded_table(c, plan, device, generator,
-                                                                 group) for c in self.configs})
+        opts = options or {}
+        self.tables = nn.ModuleDict({c.name: build_sharded_table(
+            c, plan, device, generator, group, opts.get(c.name)) for c in self.configs})
 
     def describe(self) -> str:
         return self.plan.describe(self.configs)

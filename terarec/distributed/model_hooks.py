@@ -9,8 +9,9 @@
   hands the train step this rank's contiguous slice (:class:`SlicedReader`); evaluation runs
   the whole global eval batch on every rank, so metrics equal a one-process run;
 * builds the tables from a placement plan (``build_tables``): ``TERAREC_SHARDING_PLAN`` =
-  ``hugectr`` (default: by embedding type), ``auto`` (the planner, memory from the device) or
-  the path of a JSON plan; the plan is printed by rank 0 before allocation;
+  ``hugectr`` (default: by embedding type, ``HybridSparseEmbedding`` -> ``hybrid``), ``auto``
+  (the planner, memory from the device) or the path of a JSON plan; the plan is printed by
+  rank 0 before allocation; hybrid tables measure their hot rows (:func:`hybrid_options`);
 * wires the Engine's ``grad_sync`` (weighted all-reduce of dense gradients) and ``loss_sync``
   (global-mean loss);
 * saves: every rank writes its shard (``{prefix}_shards_{iter}/``) and rank 0 writes HugeCTR's
@@ -110,7 +111,8 @@ class DistributedModel:
         if self.env.rank == 0:
             text = planner.describe_plan(configs, self.plan, world_size=self.env.world_size)
             print(f"Sharding plan ({self.env.world_size} ranks):\n{text}", flush=True)
-        coll = ShardedEmbeddingCollection(configs, self.plan, device, generator)
+        coll = ShardedEmbeddingCollection(configs, self.plan, device, generator,
+                                          options=hybrid_options(configs, self.plan))
         return dict(coll.tables)
 
     def attach(self, engine: Any) -> None:
@@ -133,6 +135,19 @@ class DistributedModel:
             for t in tables.values():
                 t.clear_prepared()
         comm.barrier()
+
+
+def hybrid_options(configs: list[TableConfig], plan: ShardingPlan) -> dict[str, dict[str, Any]]:
+    """Options of the hybrid tables: the measured hot set, sized by ``TERAREC_HYBRID_MAX_HOT``
+    (rows) and ``TERAREC_HYBRID_STATISTICS_BATCHES`` when set (HugeCTR's
+    ``max_num_frequent_categories`` / ``num_iterations_statistics``; the script's
+    ``HybridEmbeddingParam`` is not carried into the table configs)."""
+    opts: dict[str, Any] = {}
+    if os.environ.get("TERAREC_HYBRID_MAX_HOT"):
+        opts["max_hot"] = int(os.environ["TERAREC_HYBRID_MAX_HOT"])
+    if os.environ.get("TERAREC_HYBRID_STATISTICS_BATCHES"):
+        opts["statistics_batches"] = int(os.environ["TERAREC_HYBRID_STATISTICS_BATCHES"])
+    return {c.name: dict(opts) for c in configs if plan[c.name].kind == "hybrid"}
 
 
 def init_distributed(model: Any) -> DistributedModel | None:

@@ -11,7 +11,16 @@ gets per sample. The proposal, in order:
 2. **table_wise** for tables that fit on one device, placed greedily (largest first) on the
    rank with the fewest lookups (then bytes) when that rank's lookups stay within
    ``BALANCE_SLACK`` x the fair share (total lookups / ranks, or the table's own lookups).
-3. **row_wise** over every rank for the rest (too big for one device, or too hot).
+3. **column_wise** for a table too big for one device whose vectors are wide
+   (``dim >= column_min_dim``): its columns split over the fewest least-filled ranks whose
+   share then fits (each block at least ``column_min_block`` columns), so a lookup touches
+   ``k`` ranks and every block owner holds every key.
+4. **row_wise** over every rank for the rest (too big for one device, or too hot).
+
+**hybrid** (frequent rows replicated, the rest row-wise; see :mod:`~terarec.distributed.hybrid`)
+is proposed for the tables the user asks for (``PlannerConfig.hybrid``) and for HugeCTR
+``HybridSparseEmbedding`` tables; its bytes count ``hybrid_max_hot`` replicated rows on every
+rank. The planner does not look at key frequencies, so it never picks hybrid on its own.
 
 :func:`check_plan` raises :class:`~terarec.errors.ConfigError` naming how many bytes are missing
 on which rank and which tables sit there; :func:`describe_plan` prints the table, placement,
@@ -25,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from terarec.distributed.hybrid import DEFAULT_MAX_HOT
 from terarec.embedding.config import TableConfig
 from terarec.embedding.plan import ShardingPlan, TablePlacement, table_bytes
 from terarec.errors import ConfigError
@@ -44,6 +54,9 @@ class PlannerConfig:
         batch_per_rank: samples per rank per step (sets when replication is cheaper).
         lookups: table name -> keys looked up per sample (default: its slot count).
         replicate_fraction: a replica may use at most this share of a device.
+        hybrid: names of tables to place ``hybrid`` (HybridSparseEmbedding tables always are).
+        hybrid_max_hot: replicated (frequent) rows of a hybrid table, for its bytes.
+        column_min_dim / column_min_block: smallest ``dim`` split column-wise, smallest block.
     """
 
     world_size: int
@@ -52,6 +65,10 @@ class PlannerConfig:
     batch_per_rank: int = 1024
     lookups: dict[str, float] = field(default_factory=dict)
     replicate_fraction: float = 0.05
+    hybrid: set[str] = field(default_factory=set)
+    hybrid_max_hot: int = DEFAULT_MAX_HOT
+    column_min_dim: int = 64
+    column_min_block: int = 16
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -67,13 +84,34 @@ def _lookups(cfg: TableConfig, pc: PlannerConfig) -> float:
     return float(pc.lookups.get(cfg.name, cfg.slot_num))
 
 
-def bytes_per_rank(tables: list[TableConfig], plan: ShardingPlan, world: int) -> dict[int, int]:
-    """Embedding bytes (weights + optimizer states) on every rank under ``plan``."""
+def _hot_bytes(cfg: TableConfig, hot_rows: int) -> int:
+    """Bytes of the replicated rows of a hybrid table."""
+    return min(hot_rows, cfg.max_vocabulary_size) * table_bytes(cfg) // cfg.max_vocabulary_size
+
+
+def bytes_per_rank(tables: list[TableConfig], plan: ShardingPlan, world: int,
+                   hot_rows: int = DEFAULT_MAX_HOT) -> dict[int, int]:
+    """Embedding bytes (weights + optimizer states) on every rank under ``plan``
+    (``hot_rows``: replicated rows of each hybrid table)."""
     out = dict.fromkeys(range(world), 0)
     for cfg in tables:
-        for r, b in plan[cfg.name].bytes_per_rank(table_bytes(cfg)).items():
-            out[r] = out.get(r, 0) + b
+        p = plan[cfg.name]
+        for r, b in p.bytes_per_rank(table_bytes(cfg)).items():
+            out[r] = out.get(r, 0) + b + (_hot_bytes(cfg, hot_rows) if p.kind == "hybrid" else 0)
     return out
+
+
+def _column_ranks(cfg: TableConfig, b: int, pc: PlannerConfig,
+                  mem: dict[int, int]) -> list[int] | None:
+    """The fewest least-filled ranks whose column blocks of ``cfg`` fit, or None."""
+    if cfg.dim < pc.column_min_dim:
+        return None
+    by_room = sorted(mem, key=lambda r: (mem[r], r))
+    for k in range(2, min(pc.world_size, cfg.dim // pc.column_min_block) + 1):
+        ranks = by_room[:k]
+        if all(mem[r] + -(-b // k) <= pc.device_memory for r in ranks):
+            return sorted(ranks)
+    return None
 
 
 def propose(tables: list[TableConfig], pc: PlannerConfig) -> ShardingPlan:
@@ -91,7 +129,12 @@ def propose(tables: list[TableConfig], pc: PlannerConfig) -> ShardingPlan:
     for cfg in tables:
         b, look = table_bytes(cfg), _lookups(cfg, pc)
         routed_rows = 2 * pc.batch_per_rank * look
-        if b <= pc.replicate_fraction * pc.device_memory and cfg.max_vocabulary_size <= routed_rows:
+        if cfg.name in pc.hybrid or cfg.embedding_type == "HybridSparseEmbedding":
+            placements[cfg.name] = TablePlacement("hybrid", every)
+            for r in every:
+                mem[r] += -(-b // w) + _hot_bytes(cfg, pc.hybrid_max_hot)
+                load[r] += look / w
+        elif b <= pc.replicate_fraction * pc.device_memory and cfg.max_vocabulary_size <= routed_rows:
             placements[cfg.name] = TablePlacement("replicated", every)
             for r in every:
                 mem[r] += b
@@ -105,6 +148,11 @@ def propose(tables: list[TableConfig], pc: PlannerConfig) -> ShardingPlan:
             placements[cfg.name] = TablePlacement("table_wise", [r])
             mem[r] += b
             load[r] += look
+        elif b > pc.device_memory and (cols := _column_ranks(cfg, b, pc, mem)) is not None:
+            placements[cfg.name] = TablePlacement("column_wise", cols)
+            for k in cols:
+                mem[k] += -(-b // len(cols))
+                load[k] += look / len(cols)
         else:
             placements[cfg.name] = TablePlacement("row_wise", every)
             for k in every:
@@ -123,10 +171,13 @@ def check_plan(tables: list[TableConfig], plan: ShardingPlan, pc: PlannerConfig)
         if any(r >= pc.world_size for r in p.ranks):
             raise ConfigError(f"sharding plan, table {cfg.name!r}.ranks",
                               f"ranks below the world size {pc.world_size}", p.ranks)
-        if p.kind == "replicated" and sorted(p.ranks) != list(range(pc.world_size)):
+        if p.kind in ("replicated", "hybrid") and sorted(p.ranks) != list(range(pc.world_size)):
             raise ConfigError(f"sharding plan, table {cfg.name!r}.ranks",
-                              "every rank for a replicated table", p.ranks)
-    used = bytes_per_rank(tables, plan, pc.world_size)
+                              f"every rank for a {p.kind} table", p.ranks)
+        if p.kind == "column_wise" and len(p.ranks) > cfg.dim:
+            raise ConfigError(f"sharding plan, table {cfg.name!r}.ranks",
+                              f"at most dim={cfg.dim} ranks (one column block each)", p.ranks)
+    used = bytes_per_rank(tables, plan, pc.world_size, pc.hybrid_max_hot)
     over = {r: b - pc.device_memory for r, b in used.items() if b > pc.device_memory}
     if not over:
         return
@@ -161,7 +212,7 @@ def describe_plan(tables: list[TableConfig], plan: ShardingPlan,
         ranks = str(p.ranks) if len(p.ranks) <= 4 else f"[{p.ranks[0]}..{p.ranks[-1]}]"
         lines.append(f"{cfg.name:<20} {p.kind:<11} {ranks:<14} {cfg.max_vocabulary_size:>12,} "
                      f"{cfg.dim:>5} {b:>16,} {per:>16,}")
-    used = bytes_per_rank(tables, plan, world)
+    used = bytes_per_rank(tables, plan, world, pc.hybrid_max_hot if pc else DEFAULT_MAX_HOT)
     for r in range(world):
         cap = f" of {pc.device_memory:,} ({100 * used[r] / pc.device_memory:.1f}%)" if pc else ""
         lines.append(f"GPU rank {r} (host {r // local}): {used[r]:,} bytes{cap}")
@@ -172,12 +223,14 @@ def describe_plan(tables: list[TableConfig], plan: ShardingPlan,
 
 
 def hugectr_plan(tables: list[TableConfig], world_size: int) -> ShardingPlan:
-    """HugeCTR's own placement by embedding type: DistributedSlot (and Hybrid, run row-wise)
-    -> row_wise over every rank; LocalizedSlot -> slot ``i`` on rank ``i mod N``."""
+    """HugeCTR's own placement by embedding type: DistributedSlot -> row_wise over every rank;
+    LocalizedSlot -> slot ``i`` on rank ``i mod N``; Hybrid -> hybrid over every rank."""
     every = list(range(world_size))
     out = {}
     for cfg in tables:
         kind = "table_wise" if cfg.is_localized else "row_wise"
+        if cfg.embedding_type == "HybridSparseEmbedding":
+            kind = "hybrid"
         out[cfg.name] = TablePlacement(kind, every)
     return ShardingPlan(out)
 

@@ -131,6 +131,11 @@ class RoutedTable(ShardedTableBase):
 
     @torch.no_grad()
     def _backward(self, ctx: LookupContext, grad_out: torch.Tensor) -> None:
+        self._apply_gradients(ctx, self._route_gradients(ctx, grad_out))
+
+    def _route_gradients(self, ctx: LookupContext, grad_out: torch.Tensor) -> torch.Tensor:
+        """Per requested key gradient (scaled by ``B_local / B_global``), sent to the owners;
+        returns the rows this rank received (aligned with ``ctx.recv_keys``)."""
         sp = ctx.sparse
         dim = self.config.dim
         grad = grad_out.reshape(-1, dim).to(torch.float32)
@@ -138,7 +143,10 @@ class RoutedTable(ShardedTableBase):
         per_send = torch.zeros(ctx.send_keys.numel(), dim, dtype=grad.dtype, device=grad.device)
         per_send.index_put_((ctx.key_to_send,), per_key, accumulate=True)
         per_send *= ctx.grad_weight
-        got = comm.all_to_all_rows(per_send, ctx.send_counts, ctx.recv_counts, self.group)
+        return comm.all_to_all_rows(per_send, ctx.send_counts, ctx.recv_counts, self.group)
+
+    def _apply_gradients(self, ctx: LookupContext, got: torch.Tensor) -> None:
+        """The owner's fused optimizer step on the received gradients."""
         if self.shard is None or self.frozen:
             return
         assert ctx.rows is not None  # noqa: S101 - lookup ran

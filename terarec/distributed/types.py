@@ -1,9 +1,10 @@
 """Shared types of the distributed package: the sharded-table protocol, the per-batch lookup
 context and the registry of sharding strategies keyed by placement kind.
 
-Strategies (``row_wise.py``, ``table_wise.py``, ``replicated.py``) import this module and
-:mod:`terarec.distributed.routed`, never each other. A strategy is a class built as
-``cls(config, placement, device, generator, group)`` that exposes the same surface as the
+Strategies (``row_wise.py``, ``table_wise.py``, ``replicated.py``, ``column_wise.py``,
+``hybrid.py``) import this module and :mod:`terarec.distributed.routed`, never each other
+(``hybrid`` extends the row-wise class). A strategy is a class built as
+``cls(config, placement, device, generator, group, **options)`` that exposes the same surface as the
 single-process :class:`~terarec.embedding.table.EmbeddingTable` (``forward``, learning rate,
 scaler, freeze, export / load and optimizer state), plus the three lookup phases.
 """

@@ -50,7 +50,13 @@ def applies(table: EmbeddingTable, sparse: Any) -> bool:
     """True when ``table`` can run this input on the fused-kernel path."""
     if (table.device.type != "cuda" and not ALLOW_CPU) or table.index_kind != "direct":
         return False
+    from terarec.embedding.table import EmbeddingTable
+
+    if type(table).insert_keys is not EmbeddingTable.insert_keys:  # subclasses own row creation
+        return False
     if table.weight.dtype != torch.float32 or not table.config.slot_size_array:
+        return False
+    if table.config.embedding_type != "LocalizedSlotSparseEmbeddingOneHot":  # one-hot contract
         return False
     opt = table.optimizer
     if opt.config.type not in _KERNEL_RULES or opt.lazy:
@@ -114,7 +120,8 @@ def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -
 
 
 def _out_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+    if device.type == "cuda" and torch.is_autocast_enabled("cuda") \
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
 

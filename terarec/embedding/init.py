@@ -28,10 +28,15 @@ def init_vectors(
     dim: int,
     seed: int,
     dtype: torch.dtype = torch.float32,
+    col_offset: int = 0,
 ) -> torch.Tensor:
-    """Initial vectors ``[len(keys), dim]``: Uniform(-bounds[slot], bounds[slot]) per key."""
+    """Initial vectors ``[len(keys), dim]``: Uniform(-bounds[slot], bounds[slot]) per key.
+
+    ``col_offset``: the vectors are columns ``[col_offset, col_offset + dim)`` of the table's
+    rows (a column-wise shard starts from exactly the unsharded table's values).
+    """
     base = mix64(keys.to(torch.int64) * GOLDEN + seed)
-    cols = torch.arange(dim, device=keys.device, dtype=torch.int64) * _COLUMN_STRIDE
+    cols = (torch.arange(dim, device=keys.device, dtype=torch.int64) + col_offset) * _COLUMN_STRIDE
     u = uniform_from_ints(base.unsqueeze(1) + cols.unsqueeze(0), torch.float64)
     a = bounds.to(device=keys.device, dtype=torch.float64)[slots].unsqueeze(1)
     return ((2.0 * u - 1.0) * a).to(dtype)

@@ -16,7 +16,7 @@ from typing import Any
 from terarec.embedding.config import TableConfig
 from terarec.errors import ConfigError
 
-KINDS = ("replicated", "table_wise", "row_wise", "column_wise")
+KINDS = ("replicated", "table_wise", "row_wise", "column_wise", "hybrid")
 TIERS = ("device", "host", "ssd")
 
 
@@ -27,7 +27,8 @@ class TablePlacement:
     Args:
         kind: ``replicated`` (data parallel, full copy on every rank), ``table_wise`` (whole
             table on ``ranks[0]``), ``row_wise`` (rows split over ``ranks``), ``column_wise``
-            (vector columns split over ``ranks``).
+            (vector columns split over ``ranks``), ``hybrid`` (frequent rows replicated on
+            every rank, the rest row-wise over ``ranks``).
         ranks: ranks holding (part of) the table.
         tier: storage of the rows: ``device`` memory, ``host`` memory or ``ssd``.
     """

@@ -104,6 +104,9 @@ class Engine(nn.Module):
                      for n, e in embeddings.items()))
         if self._graph:
             return self._graph["fn"] if self._graph["key"] == key else None
+        # A live autograd graph of an earlier eager step (held by last_train) keeps the
+        # parameters' AccumulateGrad nodes on the default stream, which breaks the capture.
+        self.last_train = None
         sample = (batch.dense.detach().clone(), batch.labels.detach().clone(),
                   *[e.detach().clone().requires_grad_(e.requires_grad)
                     for e in embeddings.values()])

@@ -59,7 +59,7 @@ def test_dense_optimizer_matches_formula(name: str, device: str) -> None:
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(3, 4, generator=g).to(device), torch.randn(5, generator=g).to(device)]
     params = [p.requires_grad_() for p in params]
-    refs = [p.detach().double().numpy().copy() for p in params]
+    refs = [p.detach().cpu().double().numpy().copy() for p in params]
     states: list[dict] = [{}, {}]
     opt = make_dense_optimizer(OptimizerConfig(type=name, **CFG), params, scaler=8.0)
     assert isinstance(opt, DENSE_OPTIMIZERS.get(name))
@@ -71,7 +71,7 @@ def test_dense_optimizer_matches_formula(name: str, device: str) -> None:
             p.grad = gr.to(device)
         opt.step()
         for i, gr in enumerate(grads):
-            refs[i] = formula(name, refs[i], states[i], gr.double().numpy() / 8.0, lr, t)
+            refs[i] = formula(name, refs[i], states[i], gr.cpu().double().numpy() / 8.0, lr, t)
     for p, r in zip(params, refs):
         np.testing.assert_allclose(p.detach().cpu().numpy(), r, rtol=1e-5, atol=1e-6)
 

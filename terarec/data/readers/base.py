@@ -5,6 +5,12 @@ holds and how to decode samples ``[start, stop)`` of a file into :class:`Chunk` 
 :class:`Reader` is format-agnostic: it splits the samples between ranks, decodes ahead on a pool
 of worker threads, (optionally) shuffles, cuts batches and handles epoch / repeat mode.
 
+Decoding runs on ``num_workers`` threads (numpy and pyarrow release the GIL): the decode jobs of
+the units (see :meth:`FormatSource.jobs`) are started up to ``2 * num_workers`` ahead and their
+chunks are consumed in unit order, and each batch is then cut, shuffled, concatenated and turned
+into tensors on a second pool of ``num_workers`` threads, again handed out in order. The output
+(including the shuffle order) does not depend on ``num_workers``.
+
 Rank partitioning: when every file's sample count is known (Norm header, Raw/RawAsync size,
 Parquet metadata) rank ``r`` of ``W`` reads the contiguous global sample range
 ``[N*r//W, N*(r+1)//W)``. For sources whose counts are unknown until read (Criteo TSV) each file
@@ -17,7 +23,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +130,12 @@ class FormatSource(ABC):
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
         """Decode samples ``[start, stop)`` of ``path`` (stop=-1: to the end, rank blocks)."""
 
+    def jobs(self, path: str, start: int, stop: int) -> Iterator[Callable[[], list[Chunk]]]:
+        """Independent decode jobs for ``decode(path, start, stop)``, in order; the Reader runs
+        them on its worker threads. Default: one job. Streaming formats (Criteo TSV) yield one
+        job per block so that one file is parsed by several threads."""
+        yield lambda: list(self.decode(path, start, stop))
+
     def pieces(self, index: int, start: int, stop: int) -> list[tuple[int, int]]:
         """Split a file's row range into decode units."""
         if not self.unit_rows:
@@ -226,35 +238,47 @@ class Reader:
         shuffle = self.config.shuffle
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="terarec-decode") as pool:
             while True:
-                units = self._units(self.epoch)
                 got = 0
-                if not self.source.counts_known or workers == 1:
-                    for path, a, b in units:
-                        for c in self.source.decode(path, a, b):
-                            got += len(c)
-                            yield c, rng.permutation(len(c)) if shuffle and len(c) > 1 else None
+                jobs = self._jobs(self._units(self.epoch))
+                if workers == 1:
+                    results: Iterator[list[Chunk]] = (job() for job in jobs)
                 else:
-                    pending: deque[Future] = deque()
-                    it = iter(units)
-                    for u in it:
-                        pending.append(pool.submit(lambda u=u: list(self.source.decode(*u))))
-                        if len(pending) >= 2 * workers:
-                            break
-                    while pending:
-                        chunks = pending.popleft().result()
-                        nxt = next(it, None)
-                        if nxt is not None:
-                            pending.append(
-                                pool.submit(lambda u=nxt: list(self.source.decode(*u))))
-                        for c in chunks:
-                            got += len(c)
-                            yield c, rng.permutation(len(c)) if shuffle and len(c) > 1 else None
+                    results = self._run_ahead(pool, jobs, 2 * workers)
+                for chunks in results:
+                    for c in chunks:
+                        got += len(c)
+                        yield c, rng.permutation(len(c)) if shuffle and len(c) > 1 else None
                 self.epoch += 1
                 if not self.repeat:
                     return
                 if got == 0:
                     raise DataError(str(self.config.source),
                                     f"rank {self.rank} of {self.world_size} has no samples to read")
+
+    def _jobs(self, units: list[tuple[str, int, int]]) -> Iterator[Callable[[], list[Chunk]]]:
+        """The decode jobs of all units in order; an error while listing them (e.g. an empty
+        file) becomes a job that raises it, so that it surfaces in order."""
+        for u in units:
+            try:
+                yield from self.source.jobs(*u)
+            except Exception as exc:  # noqa: BLE001 - re-raised in order by the job
+                def fail(exc: Exception = exc) -> list[Chunk]:
+                    raise exc
+
+                yield fail
+                return
+
+    @staticmethod
+    def _run_ahead(pool: ThreadPoolExecutor, jobs: Iterator[Callable[[], list[Chunk]]],
+                   depth: int) -> Iterator[list[Chunk]]:
+        """Results of ``jobs`` in order, with up to ``depth`` of them running on ``pool``."""
+        pending: deque[Future] = deque()
+        for job in jobs:
+            pending.append(pool.submit(job))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     def _plans(self) -> Iterator[list[tuple[Chunk, np.ndarray | None, int, int]]]:
         """Cut the chunk stream into batches: each plan lists the ``(chunk, perm, a, b)`` pieces

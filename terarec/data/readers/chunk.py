@@ -128,17 +128,23 @@ class Chunk:
 
 
 def _fixed_offsets(n: int, row: np.ndarray) -> torch.Tensor:
-    """CSR offsets of ``n`` samples that all have ``row[s]`` keys in slot ``s``."""
+    """CSR offsets of ``n`` samples that all have ``row[s]`` keys in slot ``s``.
+
+    Built with numpy (single-threaded, GIL released) rather than torch ops, whose intra-op thread
+    pool would oversubscribe the cores next to the reader's own worker threads.
+    """
     S = row.size
     if S and (row == row[0]).all():
-        off = torch.arange(n * S + 1, dtype=torch.int64)
-        return off if int(row[0]) == 1 else off.mul_(int(row[0]))
+        off = np.arange(n * S + 1, dtype=np.int64)
+        if int(row[0]) != 1:
+            off *= int(row[0])
+        return torch.from_numpy(off)
     K = int(row.sum())
-    within = torch.from_numpy(np.concatenate(([0], np.cumsum(row)[:-1])).astype(np.int64))
-    off = torch.empty(n * S + 1, dtype=torch.int64)
-    off[:-1].view(n, S).copy_(torch.arange(n, dtype=torch.int64)[:, None] * K + within[None, :])
+    within = np.concatenate(([0], np.cumsum(row)[:-1])).astype(np.int64)
+    off = np.empty(n * S + 1, dtype=np.int64)
+    np.add(np.arange(n, dtype=np.int64)[:, None] * K, within[None, :], out=off[:-1].reshape(n, S))
     off[-1] = n * K
-    return off
+    return torch.from_numpy(off)
 
 
 def fixed_lengths(n: int, nnz: list[int] | np.ndarray) -> np.ndarray:
@@ -217,7 +223,8 @@ def int_dense_to_log(path: str, ints: np.ndarray, row0: int) -> np.ndarray:
     """
     if not ints.size:
         return np.zeros(ints.shape, dtype=np.float32)
-    lo, hi = int(ints.min()), int(ints.max())
+    idx = ints.astype(np.intp)  # contiguous: the reductions below are SIMD, the gather direct
+    lo, hi = int(idx.min()), int(idx.max())
     if lo < 0:
         r, c = np.argwhere(ints < 0)[0]
         raise DataError(
@@ -226,7 +233,7 @@ def int_dense_to_log(path: str, ints: np.ndarray, row0: int) -> np.ndarray:
         )
     if hi >= _LOG_TABLE_SIZE:
         return np.log1p(ints.astype(np.float32))
-    return _log1p_table().take(ints.astype(np.intp, copy=False))
+    return _log1p_table().take(idx)
 
 
 def check_keys(

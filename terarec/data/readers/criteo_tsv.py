@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -108,14 +108,19 @@ class CriteoTSVSource(FormatSource):
         raise NotImplementedError
 
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
+        for job in self.jobs(path, start, stop):
+            yield from job()
+
+    def jobs(self, path: str, start: int, stop: int) -> Iterator[Callable[[], list[Chunk]]]:
+        """One parse job per block of this rank (blocks are read here, parsed on the workers)."""
         if os.path.getsize(path) == 0:
             raise DataError(path, "file is empty")
         for j, (line0, block) in enumerate(iter_line_blocks(path, self.block_bytes)):
             if j % self.world_size != self.rank:
                 continue
-            yield parse_criteo_block(path, np.frombuffer(block, np.uint8), line0,
-                                     self.config.slot_size_array, self.config.i64_input_key,
-                                     self.schema)
+            yield lambda line0=line0, block=block: [parse_criteo_block(
+                path, np.frombuffer(block, np.uint8), line0, self.config.slot_size_array,
+                self.config.i64_input_key, self.schema)]
 
 
 def parse_criteo_block(path, buf, line0, sizes, i64, schema) -> Chunk:

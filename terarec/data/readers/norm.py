@@ -98,7 +98,7 @@ class NormSource(FormatSource):
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
         n = self.file_num_samples(path)
-        raw = np.fromfile(path, dtype=np.uint8)
+        raw = np.memmap(path, dtype=np.uint8, mode="r")  # read-only; decoders copy out of it
         chunk = self._decode_fixed(path, raw, n)
         if chunk is not None:
             pass
@@ -112,7 +112,11 @@ class NormSource(FormatSource):
         yield chunk.slice(start, stop) if (start, stop) != (0, n) else chunk
 
     def _decode_fixed(self, path: str, raw: np.ndarray, n: int) -> Chunk | None:
-        """All records of one length: decode as a matrix; None when the file is not like that."""
+        """All records of one length: decode as a matrix; None when the file is not like that.
+
+        The matrix is an (unaligned, for ``Check_t.Sum``) int32 view of the file bytes: no copy of
+        the file is made, columns are copied out directly.
+        """
         size = raw.size
         if not n:
             return None
@@ -124,12 +128,11 @@ class NormSource(FormatSource):
             stride = ln + 5
             if ln <= 0 or ln % 4 or pos0 + n * stride != size:
                 return None
-            rec = raw[pos0:].reshape(n, stride)
-            lens = np.ascontiguousarray(rec[:, :4]).view("<i4")
+            lens = np.ndarray((n,), dtype="<i4", buffer=raw, offset=pos0, strides=(stride,))
             if (lens != ln).any():
                 return None
-            payload = rec[:, 4 : 4 + ln]
-            sums = np.add.reduce(payload, axis=1, dtype=np.uint8)
+            rec = raw[pos0:].reshape(n, stride)
+            sums = np.add.reduce(rec[:, 4 : 4 + ln], axis=1, dtype=np.uint8)
             stored = rec[:, 4 + ln]
             bad = sums != stored
             if bad.any():
@@ -137,7 +140,8 @@ class NormSource(FormatSource):
                 raise DataError(path, f"checksum mismatch: stored {int(stored[i])}, computed "
                                 f"{int(sums[i])}", row=i, offset=pos0 + i * stride + 4 + ln,
                                 field="checksum")
-            words = np.ascontiguousarray(payload).view("<i4")
+            words = np.ndarray((n, ln // 4), dtype="<i4", buffer=raw, offset=pos0 + 4,
+                               strides=(stride, 4))
             return self._parse_matrix(path, words, pos0 + 4, stride)
         body = raw[HEADER_BYTES:]
         if body.size % 4 or body.size // 4 % n:
@@ -167,20 +171,23 @@ class NormSource(FormatSource):
             key_cols.extend(range(p + 1, p + 1 + v * kw))
             p += 1 + v * kw
         ok = len(nnz0) == S and p == Wr
-        if ok and S:
+        one_hot = ok and p - (L + D) == 2 * S and kw == 1  # (nnz, key) pairs
+        if one_hot and S:
+            ok = not (m[:, L + D :].reshape(n, S, 2)[:, :, 0] != 1).any()
+        elif ok and S:
             ok = bool((m[:, nnz_cols] == np.asarray(nnz0, dtype=m.dtype)).all())
         if not ok:
             if self.config.check_type != "Sum":
                 return None
             starts = np.arange(n, dtype=np.int64) * Wr
-            return self._parse(path, m.reshape(-1), starts, starts + Wr,
+            return self._parse(path, np.ascontiguousarray(m).reshape(-1), starts, starts + Wr,
                                off0 + np.arange(n, dtype=np.int64) * stride)
         ld = np.ascontiguousarray(m[:, : L + D]).view(np.float32)
         labels, dense = ld[:, :L], ld[:, L:]
         check_dense_finite(path, dense, 0)
         if not key_cols:
             keys = np.zeros(0, dtype=np.int64)
-        elif p - (L + D) == 2 * S and kw == 1:  # one-hot, 32-bit: (nnz, key) pairs
+        elif one_hot:
             keys = m[:, L + D :].reshape(n, S, 2)[:, :, 1].view(np.uint32).astype(np.int64)
         elif kw == 1:
             keys = m[:, key_cols].view(np.uint32).astype(np.int64)

@@ -22,6 +22,7 @@ int64 matrix handed on without a copy, and the fixed hotness is recorded as a br
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,6 +41,11 @@ from terarec.errors import DataError
 
 class _FixedRecordSource(FormatSource):
     unit_rows = 1 << 16
+
+    def __init__(self, config, schema) -> None:
+        self._maps: dict[str, tuple[tuple[int, int], np.ndarray]] = {}
+        self._maps_lock = threading.Lock()
+        super().__init__(config, schema)
 
     def resolve(self, source: str | list[str]) -> list[str]:
         paths = [source] if isinstance(source, str) else list(source)
@@ -73,9 +79,27 @@ class _FixedRecordSource(FormatSource):
         raise NotImplementedError
 
     def _rows(self, path: str, start: int, stop: int) -> np.ndarray:
+        """Records ``[start, stop)`` as an ``(n, words)`` int32 view of a read-only memory map.
+
+        The map of each file is made once and shared by the decode threads (no read copy; the
+        decoders copy the columns out, so no chunk keeps a view of it). It is remade when the
+        file's size or mtime changed since.
+        """
         w = self.record_words()
-        return np.fromfile(path, dtype="<i4", count=(stop - start) * w,
-                           offset=start * w * 4).reshape(-1, w)
+        st = os.stat(path)
+        key = (st.st_size, st.st_mtime_ns)
+        with self._maps_lock:
+            hit = self._maps.get(path)
+            if hit is None or hit[0] != key:
+                rec = 4 * w
+                mm = np.memmap(path, dtype="<i4", mode="r", shape=(st.st_size // rec, w)) \
+                    if st.st_size >= rec else np.zeros((0, w), dtype="<i4")
+                hit = self._maps[path] = (key, mm)
+        rows = hit[1]
+        if stop > len(rows):
+            raise DataError(path, f"file holds {len(rows)} records, rows up to {stop} were asked "
+                            "for (changed while reading?)", offset=st.st_size)
+        return rows[start:stop]
 
     def _labels_dense(self, path, rows, start, float_labels: bool, float_dense: bool):
         L, D = self.schema.label_dim, self.schema.dense_dim
