@@ -225,12 +225,14 @@ class Model(ModelFilesMixin):
     def freeze_dense(self) -> None:
         engine = self._engine()
         engine.dense_frozen = True
+        engine.reset_cuda_graph()
         for p in engine.network.dense_weights():
             p.requires_grad_(False)
 
     def unfreeze_dense(self) -> None:
         engine = self._engine()
         engine.dense_frozen = False
+        engine.reset_cuda_graph()
         for p in engine.network.dense_weights():
             p.requires_grad_(True)
 
@@ -338,8 +340,11 @@ class Model(ModelFilesMixin):
         if out is None:
             raise ConfigError("check_out_tensor", f"a {kind.name} step run first", None)
         if tensor_name not in out.tensors:
+            hint = ("Training steps run as a CUDA graph keep only inputs and losses; create the "
+                    "solver with use_cuda_graph=False to inspect other tensors"
+                    if kind.name == "Train" and engine.use_cuda_graph else "")
             raise ConfigError("check_out_tensor(tensor_name=...)",
-                              f"one of {sorted(out.tensors)}", tensor_name)
+                              f"one of {sorted(out.tensors)}", tensor_name, hint=hint)
         return out.tensors[tensor_name].detach().float().cpu().numpy()
 
     def export_predictions(self, output_prediction_file_name: str,

@@ -96,7 +96,7 @@ class Engine(nn.Module):
         """The captured dense step for these shapes (built on first use), else None."""
         from terarec.kernels import backend_for
 
-        if self.device.type != "cuda" or self.grad_sync is not None \
+        if self.device.type != "cuda" or self.grad_sync is not None or self.dense_frozen \
                 or backend_for(batch.dense) != "triton":
             return None
         key = (tuple(batch.dense.shape), tuple(batch.labels.shape),
@@ -133,11 +133,18 @@ class Engine(nn.Module):
             fn = self._graphed_dense(batch, embeddings)
             if fn is None:
                 return self.network(batch.dense, batch.labels, embeddings)
-            loss, preds, labels = fn(batch.dense, batch.labels, *embeddings.values())
-        # The graph's outputs are static buffers: the loss is copied (the step's return value),
-        # predictions are the last step's until the next replay.
+            loss, preds, labels, *parts = fn(batch.dense, batch.labels, *embeddings.values())
+        # The graph's outputs are static buffers: the losses are copied (the step's return
+        # value), predictions are the last step's until the next replay. Intermediate tensors
+        # are not kept under a CUDA graph (check_out_tensor says so).
+        losses = {name: part.detach().clone()
+                  for name, part in zip(self.network.loss_tops, parts)}
         return NetworkOutput({self.network.schema.dense_name: batch.dense, **embeddings},
-                             loss=loss.clone(), predictions=preds, labels=labels)
+                             losses=losses, loss=loss.clone(), predictions=preds, labels=labels)
+
+    def reset_cuda_graph(self) -> None:
+        """Forget the captured step (after freezing/unfreezing or changing the network)."""
+        self._graph = {}
 
     # ------------------------------------------------------------------------ steps
     def train_step(self, batch: Batch) -> torch.Tensor:
@@ -189,4 +196,5 @@ class _DenseStep(nn.Module):
         out = self.network(dense, labels, dict(zip(self.names, embs)))
         assert out.loss is not None and out.predictions is not None  # noqa: S101
         assert out.labels is not None  # noqa: S101
-        return out.loss, out.predictions.detach(), out.labels.detach()
+        parts = [out.losses[name].detach() for name in self.network.loss_tops]
+        return (out.loss, out.predictions.detach(), out.labels.detach(), *parts)

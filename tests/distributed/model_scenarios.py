@@ -22,7 +22,8 @@ def _train(model: Any, steps: int) -> list[float]:
 
 
 def build(data: dict[str, Any], kind: str) -> Any:
-    emb = {"dist": None, "local": "LocalizedSlotSparseEmbeddingHash"}[kind]
+    emb = {"dist": None, "local": "LocalizedSlotSparseEmbeddingHash",
+           "hybrid": "HybridSparseEmbedding"}[kind]
     model = build_dcn(data, batchsize=64, lr=0.01)
     if emb is not None:
         model.spec.embeddings[0].embedding_type = emb
@@ -42,7 +43,10 @@ def run(rank: int, world: int, data: dict[str, Any], kind: str, out_prefix: str 
     res["losses"] = _train(model, STEPS)
     res["auc"] = model.evaluate(num_batches=2)["AUC"]
     res["dense"] = model.dense_weights_numpy()
-    keys, vecs, _ = model.engine.tables["emb"].export()
+    table = model.engine.tables["emb"]
+    res["placement"] = getattr(getattr(table, "placement", None), "kind", None)
+    res["hot"] = int(table.hot_keys.numel()) if hasattr(table, "hot_keys") else 0
+    keys, vecs, _ = table.export()
     res["table"] = (np.asarray(keys), np.asarray(vecs))
     if out_prefix is not None:
         model.save_params_to_files(out_prefix, STEPS)

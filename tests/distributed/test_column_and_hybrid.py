@@ -1,11 +1,11 @@
 """Column-wise and hybrid placements: N-rank training (gloo, CPU) equals one process.
 
-One process group of 2 ranks, then one of 3, run every case of
-:data:`tests.distributed.placement_scenarios.CASES` (one-hot/sum, multi-hot/mean, multi-hot/sum;
-SGD and Adam, Global and LazyGlobal; an uneven last batch); the 2-rank group also writes
-column-wise and hybrid checkpoints, loaded back in one process and on 3 ranks under the other
-placement. Plus the column split, the column-offset init hook, the planner and the HugeCTR
-mapping (no processes).
+The shared 2- and 3-rank process groups (``conftest.py``) run every case of
+:data:`tests.distributed.placement_scenarios.CASES` (one-hot/sum, multi-hot/mean,
+multi-hot/sum; SGD and Adam, Global and LazyGlobal; an uneven last batch); the 2-rank group
+also writes column-wise and hybrid checkpoints, loaded back in one process and on 3 ranks under
+the other placement, and trains a HugeCTR model with ``HybridSparseEmbedding``. Plus the column
+split, the column-offset init hook, the planner and the HugeCTR mapping (no processes).
 """
 
 from __future__ import annotations
@@ -21,25 +21,10 @@ from terarec.embedding.config import TableConfig
 from terarec.embedding.init import init_vectors
 from terarec.embedding.table import EmbeddingTable
 from terarec.optim.config import OptimizerConfig
+from tests.distributed import model_scenarios as ms
 from tests.distributed import placement_scenarios as ps
 from tests.distributed import scenarios as sc
-from tests.distributed.harness import run_ranks
 from tests.distributed.test_sharded_training import TOL, assert_same_table
-
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("cw_hybrid")
-
-
-@pytest.fixture(scope="module")
-def two(tmp):
-    return run_ranks(ps.two_ranks, 2, str(tmp), timeout=240)
-
-
-@pytest.fixture(scope="module")
-def three(two, tmp):
-    return run_ranks(ps.three_ranks, 3, str(tmp), timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def check(results: list[dict], refs: dict, world: int) -> None:
         _, opt, update = case
         ref = refs[(opt, update)]
         for r, res in enumerate(results):
-            got = res["value"]["cases"][case]
+            got = res["value"]["placements"]["cases"][case]
             where = f"{world} ranks, rank {r}, {case}"
             np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL, err_msg=where)
             for a, b in zip(got["dense"], ref["dense"]):
@@ -76,6 +61,18 @@ def test_three_ranks_equal_one_process(three, refs):
     check(three, refs, 3)
 
 
+def test_hugectr_hybrid_embedding_runs_hybrid_on_two_ranks_and_equals_one_process(two, data):
+    ref = ms.run(0, 1, data, "hybrid", None, None)
+    for res in two:
+        got = res["value"]["model"]["hybrid"]
+        assert got["placement"] == "hybrid" and got["hot"] == 8  # measured over 2 of 6 steps
+        np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
+        assert abs(got["auc"] - ref["auc"]) < 1e-6
+        for a, b in zip(got["dense"], ref["dense"]):
+            np.testing.assert_allclose(a, b, atol=TOL)
+        assert_same_table(got["table"], ref["table"], "HybridSparseEmbedding model")
+
+
 def _same_state(cfg: TableConfig, got: tuple, want: tuple, where: str) -> None:
     (gk, gv), gb = got
     (wk, wv), wb = want
@@ -90,15 +87,15 @@ def _same_state(cfg: TableConfig, got: tuple, want: tuple, where: str) -> None:
 def test_checkpoints_of_two_ranks_load_in_one_process_and_on_three(two, three, tmp):
     cfgs = {c.name: c for c in sc.configs("Adam")}
     for kind in ("column_wise", "hybrid_measured"):
-        written = two[0]["value"]["saved"][kind]
+        written = two[0]["value"]["placements"]["saved"][kind]
         plain = {n: EmbeddingTable(c, generator=torch.Generator().manual_seed(9))
                  for n, c in cfgs.items()}
-        load_shards(plain, tmp / kind)
+        load_shards(plain, tmp / "placements" / kind)
         for name, table in plain.items():
             got = (table.export()[:2], table.optimizer_state_bytes())
             _same_state(cfgs[name], got, written[name], f"1-process load of {kind} {name}")
         for r, res in enumerate(three):
-            for name, got in res["value"]["loaded"][kind].items():
+            for name, got in res["value"]["placements"]["loaded"][kind].items():
                 _same_state(cfgs[name], got, written[name], f"3-rank load of {kind} {name} r{r}")
 
 

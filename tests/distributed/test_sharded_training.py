@@ -5,6 +5,7 @@ one-process references and compares losses, final tables, optimizer states and d
 (fp32, tolerance 1e-5). Covers row_wise / table_wise (whole and slot-wise) / replicated / a
 mixed plan, one-hot and multi-hot, sum and mean, SGD and Adam, an uneven last batch, the
 HugeCTR facade, and checkpoints written by 2 ranks loaded by 1 process and by 3 ranks.
+The process groups (fixtures ``two`` / ``three``) live in ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -17,30 +18,8 @@ from terarec.embedding.table import EmbeddingTable
 from tests.distributed import model_scenarios as ms
 from tests.distributed import scenarios as sc
 from tests.distributed.harness import run_ranks
-from tests.distributed.workers import three_ranks, two_ranks
-from tests.helpers.synth import raw_async_dataset
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return raw_async_dataset(tmp_path_factory.mktemp("raw"), n_train=1024, n_eval=256)
-
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory):
-    return tmp_path_factory.mktemp("dist")
-
-
-@pytest.fixture(scope="module")
-def two(data, tmp):
-    return run_ranks(two_ranks, 2, data, str(tmp), timeout=240)
-
-
-@pytest.fixture(scope="module")
-def three(two, data, tmp):
-    return run_ranks(three_ranks, 3, data, str(tmp), timeout=240)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@ group per world size, many scenarios each, to keep process start-up cost low).""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tests.distributed import model_scenarios as ms
+from tests.distributed import placement_scenarios as ps
 from tests.distributed import scenarios as sc
 
 
@@ -14,6 +16,9 @@ def two_ranks(rank: int, world: int, data: dict[str, Any], tmp: str) -> dict[str
     out["shards"] = sc.save_shards_after(rank, world, "mixed", f"{tmp}/shards2")
     out["model"] = {k: ms.run(rank, world, data, k, f"{tmp}/two_{k}", None)
                     for k in ("dist", "local")}
+    out["placements"] = ps.two_ranks(rank, world, f"{tmp}/placements")
+    os.environ.update(TERAREC_HYBRID_MAX_HOT="8", TERAREC_HYBRID_STATISTICS_BATCHES="2")
+    out["model"]["hybrid"] = ms.run(rank, world, data, "hybrid", None, None)
     return out
 
 
@@ -22,6 +27,7 @@ def three_ranks(rank: int, world: int, data: dict[str, Any], tmp: str) -> dict[s
     out["shards"] = sc.load_shards_into(rank, world, "row_wise", f"{tmp}/shards2")
     out["model_resumed"] = ms.run(rank, world, data, "dist", None, f"{tmp}/two_dist")
     out["model"] = ms.run(rank, world, data, "local", None, None)
+    out["placements"] = ps.three_ranks(rank, world, f"{tmp}/placements")
     return out
 
 

@@ -43,11 +43,11 @@ def test_dense_file_layout_is_raw_float32_in_layer_order(data, tmp_path):
     model.save_params_to_files(str(tmp_path / "m"), 0)
     raw = np.fromfile(tmp_path / "m_dense_0.model", dtype="<f4")
     net = model.engine.network
-    expected = np.concatenate([p.detach().numpy().reshape(-1) for p in net.dense_weights()])
+    expected = np.concatenate([p.detach().cpu().numpy().reshape(-1) for p in net.dense_weights()])
     np.testing.assert_array_equal(raw, expected)
     # MultiCross(2 layers on 28 features): w, b per layer, then fc1 W (28x16), b (16), ...
     mc = net.layers[2]
-    first = mc.dense_weights()[0].detach().numpy().reshape(-1)
+    first = mc.dense_weights()[0].detach().cpu().numpy().reshape(-1)
     np.testing.assert_array_equal(raw[: first.size], first)
     # Adam: m then v over the whole buffer
     opt = np.fromfile(tmp_path / "m_opt_dense_0.model", dtype="<f4")
