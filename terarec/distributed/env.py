@@ -33,6 +33,9 @@ class DistEnv:
 
     @property
     def device(self) -> torch.device:
+        # gloo cannot run every collective on CUDA tensors (all_to_all): a gloo job is a CPU job.
+        if self.backend == "gloo":
+            return torch.device("cpu")
         return device_for(self.local_rank)
 
     @property
