@@ -27,6 +27,7 @@ from terarec.enums import (
 )
 from terarec.errors import ConfigError
 from terarec.graph.spec import EmbeddingSpec, LayerSpec
+from terarec.layers.common import DEFAULTS
 
 
 # --------------------------------------------------------------------------------- Input
@@ -175,18 +176,8 @@ class DenseLayerComputeConfig:
     fuse_wb: bool = False
 
 
-DENSE_LAYER_DEFAULTS: dict[str, Any] = {
-    "factor": 1.0, "eps": 1e-5, "gamma_init_type": "Default", "beta_init_type": "Default",
-    "dropout_rate": 0.5, "elu_alpha": 1.0, "num_output": 1, "weight_init_type": "Default",
-    "bias_init_type": "Default", "num_layers": 0, "leading_dim": 0, "time_step": 0,
-    "batchsize": 1, "SeqLength": 1, "vector_size": 1, "selected": False, "selected_slots": [],
-    "ranges": [], "indices": [], "weight_dims": [], "projection_dim": 0, "out_dim": 0,
-    "axis": 1, "max_sequence_len_from": 1, "max_sequence_len_to": 1,
-    "num_attention_heads": 1, "transpose_b": False, "target_weight_vec": [],
-    "use_regularizer": False, "regularizer_type": "L1", "lambda": 0.0, "pos_type": "Non",
-    "act_type": "Relu", "num_outputs": [], "use_bias": True, "activations": [], "biases": [],
-    "compute_config": None, "shape": [], "dim": 0, "index": [],
-}
+# Every DenseLayer keyword with its §9 default (the layers read the same table).
+DENSE_LAYER_DEFAULTS: dict[str, Any] = {**DEFAULTS, "compute_config": None}
 _ENUM_PARAMS = {
     "gamma_init_type": Initializer_t, "beta_init_type": Initializer_t,
     "weight_init_type": Initializer_t, "bias_init_type": Initializer_t,
