@@ -67,10 +67,18 @@ def gather(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int | N
     s = starts.reshape(-1)
     e = ends.reshape(-1)
     width = int(w.max()) if width is None and w.size else (width or 0)
-    j = np.arange(max(width, 1), dtype=np.int64)
-    idx = (e[:, None] - width + j) if right else (s[:, None] + j)
-    valid = (idx >= s[:, None]) & (idx < e[:, None])
-    mat = np.where(valid, buf[np.clip(idx, 0, buf.size - 1)], 0).astype(np.uint8)
+    W = max(width, 1)
+    j = np.arange(W, dtype=np.int64)
+    # Pad the buffer by W bytes on both sides so every index is in range (no clipping pass);
+    # the mask compares only field widths: right-aligned byte j is inside iff width-w <= j < width.
+    padded = np.concatenate((np.zeros(W, np.uint8), buf, np.zeros(W, np.uint8)))
+    base = (e - width + W) if right else (s + W)
+    idx_dtype = np.int32 if padded.size < (1 << 31) else np.int64
+    idx = base.astype(idx_dtype)[:, None] + j.astype(idx_dtype)
+    valid = ((j[None, :] >= (width - w)[:, None]) & (j[None, :] < width)) if right else \
+        (j[None, :] < w[:, None])
+    mat = padded[idx]
+    mat[~valid] = 0
     return mat, valid
 
 

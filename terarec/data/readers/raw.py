@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from terarec.data.readers.base import FormatSource, check_files_exist
+from terarec.data.readers.base import FormatSource, ReaderConfig, check_files_exist
 from terarec.data.readers.chunk import (
     Chunk,
     check_dense_finite,
@@ -36,13 +36,14 @@ from terarec.data.readers.chunk import (
     int_dense_to_log,
     split_slots,
 )
+from terarec.data.schema import DataSchema
 from terarec.errors import DataError
 
 
 class _FixedRecordSource(FormatSource):
     unit_rows = 1 << 16
 
-    def __init__(self, config, schema) -> None:
+    def __init__(self, config: ReaderConfig, schema: DataSchema) -> None:
         self._maps: dict[str, tuple[tuple[int, int], np.ndarray]] = {}
         self._maps_lock = threading.Lock()
         super().__init__(config, schema)
