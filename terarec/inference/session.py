@@ -62,13 +62,17 @@ class SessionCore:
             lengths = torch.from_numpy(np.diff(offs)).to(self.device)
             pooled = torch.zeros((rows, dim), dtype=torch.float32, device=self.device)
             if keys.size:
-                uniq, inv = np.unique(keys, return_inverse=True)
+                # Keys go to the device once and are de-duplicated there (no host sort).
+                keys_t = torch.from_numpy(np.ascontiguousarray(keys)).to(self.device)
+                uniq, inv = torch.unique(keys_t, return_inverse=True)
                 vec = self.lookup(t, uniq).to(self.device)
-                if vec.shape[-1] != dim:
+                if vec.shape[-1] != dim or vec.shape[0] != uniq.numel():
                     raise ConfigError(f"embedding table {spec['table']!r}",
-                                      f"vectors of size {dim}", tuple(vec.shape))
-                row_ids = torch.repeat_interleave(torch.arange(rows, device=self.device), lengths)
-                pooled.index_add_(0, row_ids, vec[torch.from_numpy(inv).to(self.device)])
+                                      f"({uniq.numel()}, {dim}) vectors", tuple(vec.shape))
+                vec = vec[inv]
+                row_ids = torch.repeat_interleave(torch.arange(rows, device=self.device), lengths,
+                                                  output_size=int(keys.size))
+                pooled.index_add_(0, row_ids, vec.to(pooled.dtype))
                 if spec.get("combiner", "sum") == "mean":
                     pooled /= lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
             out[spec["table"]] = pooled.reshape(batch.batch_size, -1, dim)
