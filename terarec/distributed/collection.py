@@ -28,6 +28,7 @@ from terarec.distributed import (  # noqa: F401
     table_wise,
 )
 from terarec.distributed.types import STRATEGIES
+from terarec.embedding.collection import TableGroupMixin
 from terarec.embedding.config import TableConfig
 from terarec.embedding.plan import ShardingPlan
 from terarec.errors import ConfigError
@@ -45,7 +46,7 @@ def build_sharded_table(cfg: TableConfig, plan: ShardingPlan, device: torch.devi
     return cls(cfg, placement, device, generator, group, **(options or {}))
 
 
-class ShardedEmbeddingCollection(nn.Module):
+class ShardedEmbeddingCollection(TableGroupMixin, nn.Module):
     """Tables keyed by name; ``forward({input_name: SparseInput}) -> {table_name: Tensor}``.
 
     Args:
@@ -74,27 +75,11 @@ class ShardedEmbeddingCollection(nn.Module):
         self.tables = nn.ModuleDict({c.name: build_sharded_table(
             c, plan, device, generator, group, opts.get(c.name)) for c in self.configs})
 
-    def describe(self) -> str:
-        return self.plan.describe(self.configs)
-
-    def set_learning_rate(self, lr: float) -> None:
-        for t in self.tables.values():
-            t.set_learning_rate(lr)
-
-    def set_scaler(self, scaler: float) -> None:
-        for t in self.tables.values():
-            t.scaler = scaler
 
     def input_dist(self, sparse_inputs: dict[str, SparseInput]) -> dict[str, Any]:
         """Route each table's keys to their owners; returns one context per table."""
-        out = {}
-        for cfg in self.configs:
-            if cfg.input_name not in sparse_inputs:
-                raise ConfigError(f"SparseEmbedding {cfg.name!r}.bottom_name",
-                                  f"one of the sparse inputs {sorted(sparse_inputs)}",
-                                  cfg.input_name)
-            out[cfg.name] = self.tables[cfg.name].input_dist(sparse_inputs[cfg.input_name])
-        return out
+        return {cfg.name: self.tables[cfg.name].input_dist(self.input_of(cfg, sparse_inputs))
+                for cfg in self.configs}
 
     def lookup(self, ctxs: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {name: self.tables[name].lookup(ctx) for name, ctx in ctxs.items()}

@@ -19,7 +19,35 @@ from terarec.errors import ConfigError, NotSupportedError
 from terarec.sparse import SparseInput
 
 
-class EmbeddingCollection(nn.Module):
+class TableGroupMixin:
+    """What every embedding collection (single-device or sharded) does the same way."""
+
+    configs: list[TableConfig]
+    plan: ShardingPlan
+    tables: nn.ModuleDict
+
+    def describe(self) -> str:
+        return self.plan.describe(self.configs)
+
+    def set_learning_rate(self, lr: float) -> None:
+        for t in self.tables.values():
+            t.set_learning_rate(lr)
+
+    def set_scaler(self, scaler: float) -> None:
+        for t in self.tables.values():
+            t.scaler = scaler
+
+    @staticmethod
+    def input_of(cfg: TableConfig, sparse_inputs: dict[str, SparseInput]) -> SparseInput:
+        """The sparse input a table reads, or an error naming the table and the inputs."""
+        if cfg.input_name not in sparse_inputs:
+            raise ConfigError(f"SparseEmbedding {cfg.name!r}.bottom_name",
+                              f"one of the sparse inputs {sorted(sparse_inputs)}",
+                              cfg.input_name)
+        return sparse_inputs[cfg.input_name]
+
+
+class EmbeddingCollection(TableGroupMixin, nn.Module):
     """Tables keyed by name; ``forward({input_name: SparseInput}) -> {table_name: Tensor}``.
 
     Args:
@@ -51,27 +79,10 @@ class EmbeddingCollection(nn.Module):
             {cfg.name: EmbeddingTable(cfg, device, generator) for cfg in self.configs}
         )
 
-    def describe(self) -> str:
-        return self.plan.describe(self.configs)
-
-    def set_learning_rate(self, lr: float) -> None:
-        for t in self.tables.values():
-            t.set_learning_rate(lr)
-
-    def set_scaler(self, scaler: float) -> None:
-        for t in self.tables.values():
-            t.scaler = scaler
 
     def input_dist(self, sparse_inputs: dict[str, SparseInput]) -> dict[str, SparseInput]:
         """Route each table's keys to where it lives (identity on one device)."""
-        routed = {}
-        for cfg in self.configs:
-            if cfg.input_name not in sparse_inputs:
-                raise ConfigError(f"SparseEmbedding {cfg.name!r}.bottom_name",
-                                  f"one of the sparse inputs {sorted(sparse_inputs)}",
-                                  cfg.input_name)
-            routed[cfg.name] = sparse_inputs[cfg.input_name]
-        return routed
+        return {cfg.name: self.input_of(cfg, sparse_inputs) for cfg in self.configs}
 
     def lookup(self, routed: dict[str, SparseInput]) -> dict[str, torch.Tensor]:
         return {name: self.tables[name](sp) for name, sp in routed.items()}

@@ -45,7 +45,24 @@ def _capacity_error(name: str, capacity: int, needed: int) -> CapacityError:
     )
 
 
-class HashIndex:
+class _KeyIndexBase:
+    """What both indexes share: capacity, device, the table name for errors, ``clear()``."""
+
+    def __init__(self, capacity: int, device: torch.device | str | None = None,
+                 name: str = "") -> None:
+        if capacity <= 0:
+            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
+                                f"got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.name = name
+        self.clear()
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+
+class HashIndex(_KeyIndexBase):
     """Vectorised open-addressing hash index (see module docstring).
 
     Args:
@@ -61,15 +78,6 @@ class HashIndex:
         [1, -1]
     """
 
-    def __init__(self, capacity: int, device: torch.device | str | None = None,
-                 name: str = "") -> None:
-        if capacity <= 0:
-            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
-                                f"got {capacity}")
-        self.capacity = int(capacity)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.name = name
-        self.clear()
 
     def clear(self) -> None:
         self._num_keys = 0
@@ -182,18 +190,9 @@ class HashIndex:
         return torch.arange(self._num_keys, device=self.device)
 
 
-class DirectIndex:
+class DirectIndex(_KeyIndexBase):
     """Direct-mapped index: key ``k`` lives in row ``k``; keys must be in ``[0, capacity)``."""
 
-    def __init__(self, capacity: int, device: torch.device | str | None = None,
-                 name: str = "") -> None:
-        if capacity <= 0:
-            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
-                                f"got {capacity}")
-        self.capacity = int(capacity)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.name = name
-        self.clear()
 
     def clear(self) -> None:
         self._used = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
