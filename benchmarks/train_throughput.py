@@ -266,6 +266,13 @@ def timed(step, batches: list, warmup: int, steps: int, device: torch.device,
         last = step(*batches[i % len(batches)])
     sync(device)
     dt = (time.perf_counter() - t0) / steps
+    if device.type == "cuda":  # host time to enqueue 2 steps (GPU idle at the start)
+        t0 = time.perf_counter()
+        for i in range(2):
+            step(*batches[i % len(batches)])
+        host = (time.perf_counter() - t0) / 2
+        sync(device)
+        print(f"    host enqueue time {host * 1e3:.2f} ms/step (GPU-bound when below ms/step)")
     return dt, float(first), float(last)
 
 

@@ -114,7 +114,7 @@ def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -
     rows = keys.clamp(0, cap - 1)
     table.index.mark_used(rows)
     table._fast_steps = getattr(table, "_fast_steps", 0) + 1
-    if table._fast_steps % CHECK_EVERY == 0:
+    if table._fast_steps % CHECK_EVERY == 0 and not torch.cuda.is_current_stream_capturing():
         check_errors(table)
     return rows
 
@@ -156,12 +156,17 @@ def apply_fused_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: tor
     opt = table.optimizer
     opt.t += 1
     cfg = opt.config
+    # Under a whole-step CUDA graph the learning rate lives on the device (engine-owned
+    # 0-dim float32) so that replays follow the schedule; rules with a step-dependent size
+    # (Adam) are never captured that way.
+    factor = getattr(table, "lr_factor", None)
     fused_backward_update(
         grad_out.reshape(-1, table.config.dim), rows, offsets,
         table.config.combiner == "mean", table.weight, opt.states,
-        _KERNEL_RULES[cfg.type], opt.lr, momentum_factor=cfg.momentum_factor,
-        beta1=cfg.beta1, beta2=cfg.beta2, epsilon=cfg.epsilon, lambda1=cfg.lambda1,
-        lambda2=cfg.lambda2, step=opt.t, grad_scale=1.0 / opt.scaler, hotness=1)
+        _KERNEL_RULES[cfg.type], 1.0 if factor is not None else opt.lr,
+        momentum_factor=cfg.momentum_factor, beta1=cfg.beta1, beta2=cfg.beta2,
+        epsilon=cfg.epsilon, lambda1=cfg.lambda1, lambda2=cfg.lambda2, step=opt.t,
+        grad_scale=1.0 / opt.scaler, hotness=1, return_unique=False, lr_factor=factor)
 
 
 def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:

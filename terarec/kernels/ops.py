@@ -47,12 +47,13 @@ def sparse_grad_multi(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch
 
 def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                           mean: bool, weight: torch.Tensor, states: Sequence[torch.Tensor],
-                          optimizer: str, lr: float, **hyper: float) -> torch.Tensor:
+                          optimizer: str, lr: float, **hyper: float) -> torch.Tensor | None:
     """Aggregate the lookup gradient per unique row and apply ``optimizer`` in place.
 
     ``hyper``: momentum_factor, beta1, beta2, epsilon, lambda1, lambda2, step, grad_scale,
     stochastic_rounding, seed, hotness, and for all tables at once (the backward of
-    :func:`pooled_lookup_multi`) table_offsets and slots. Returns the sorted unique rows.
+    :func:`pooled_lookup_multi`) table_offsets and slots. Returns the sorted unique rows, or
+    None with ``return_unique=False`` (no host sync on the Triton path).
     """
     return implementation("fused_backward_update", weight)(
         grad_out, rows, offsets, mean, weight, states, optimizer, lr, **hyper)

@@ -245,14 +245,19 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
                           lambda2: float = 0.0, step: int = 1, grad_scale: float = 1.0,
                           stochastic_rounding: bool = False, seed: int | None = None,
                           hotness: int | None = None, table_offsets: torch.Tensor | None = None,
-                          slots: int = 1) -> torch.Tensor:
+                          slots: int = 1, return_unique: bool = True,
+                          lr_factor: torch.Tensor | None = None) -> torch.Tensor | None:
     """Backward of :func:`pooled_lookup` (or, with ``table_offsets``, of
     :func:`pooled_lookup_multi`) plus the optimizer update, in place.
 
     ``grad_scale`` multiplies the aggregated gradient (``1/scaler``); ``states`` are the
     rule's states in HugeCTR order (shaped like ``weight``). Returns the sorted unique rows
-    that were updated (global rows of ``weight``).
+    that were updated (global rows of ``weight``), or None with ``return_unique=False`` (the
+    Triton twin then never waits for the device). ``lr_factor`` (a one-element tensor)
+    multiplies ``lr``.
     """
+    if lr_factor is not None:
+        lr = lr * float(lr_factor.reshape(-1)[0])
     code = C.opt_code(optimizer)
     if table_offsets is None:
         uniq, g = sparse_grad(grad_out, rows, offsets, mean)  # type: ignore[arg-type]
@@ -263,7 +268,7 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
     lr_, h1, h2, h3 = C.rule_scalars(code, lr, momentum_factor, beta1, beta2, epsilon, lambda1,
                                      lambda2, step)
     _apply_rule(code, weight, states, uniq, g, lr_, h1, h2, h3, stochastic_rounding, seed)
-    return uniq
+    return uniq if return_unique else None
 
 
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -78,11 +78,15 @@ def _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, pos, m, d, dmask, go_s
 
 @triton.jit
 def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot_ptr,
-                part_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, n_u, D, go_stride,
-                rows_per_table, slots, tables, gscale, lr, h1, h2, h3, seed,
+                part_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, nu_ptr, D, go_stride,
+                rows_per_table, slots, tables, gscale, lr, lrs_ptr, h1, h2, h3, seed,
                 HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
                 OPT: tl.constexpr, SR: tl.constexpr, CAP_: tl.constexpr,
                 BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
+    n_u = tl.load(nu_ptr)
+    lr = lr * tl.load(lrs_ptr)  # device-side learning-rate factor (CUDA graph replays)
+    if tl.program_id(0).to(tl.int64) * BLOCK_U >= n_u:  # past the unique rows of this batch
+        return
     u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     umask = u < n_u
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -113,17 +117,18 @@ def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot
 
 
 @triton.jit
-def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, ch_u_ptr,
-                  ch_k_ptr, ch_slot_ptr, part_ptr, D, go_stride, rows_per_table, slots, tables,
+def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
+                  part_ptr, D, go_stride, rows_per_table, slots, tables,
                   HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
                   CAP_: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One CAP-sized chunk of a hot row -> one partial slot (programs with n == 0 idle)."""
     c = tl.program_id(0)
+    n = tl.load(ch_n_ptr + c)
+    if n <= 0:  # no chunk here (the grid is an upper bound)
+        return
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    first = tl.load(ch_first_ptr + c)
     dmask = d < D
-    u = tl.load(ch_u_ptr + c)
-    k = tl.load(ch_k_ptr + c)
-    first = tl.load(start_ptr + u) + k * CAP_
-    n = tl.minimum(tl.load(cnt_ptr + u) - k * CAP_, CAP_)
     i = tl.arange(0, CAP_)
     m = i < n
     p = tl.load(perm_ptr + first + i, mask=m, other=0)
@@ -145,15 +150,18 @@ def _part_add(acc, part_ptr, first, j, nc, d, dmask, D, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _combine_kernel(part_ptr, hot_u_ptr, slot_ptr, nch_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr,
-                    uniq_ptr, D, gscale, lr, h1, h2, h3, seed, OPT: tl.constexpr,
+                    uniq_ptr, D, gscale, lr, lrs_ptr, h1, h2, h3, seed, OPT: tl.constexpr,
                     SR: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                     INTERP: tl.constexpr):
     h = tl.program_id(0)
+    if tl.load(hot_u_ptr + h) < 0:  # -1: no hot row for this program (upper-bound grid)
+        return
+    lr = lr * tl.load(lrs_ptr)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
     u = tl.load(hot_u_ptr + h + tl.arange(0, 1))
-    first = tl.load(slot_ptr + u)
-    nc = tl.load(nch_ptr + h + tl.arange(0, 1))
+    first = tl.load(slot_ptr + u, mask=u >= 0, other=0)
+    nc = tl.load(nch_ptr + u, mask=u >= 0, other=0)
     acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
     nc_s = tl.max(nc, axis=0)
     first_s = tl.max(first, axis=0)
@@ -166,17 +174,20 @@ def _combine_kernel(part_ptr, hot_u_ptr, slot_ptr, nch_ptr, out_ptr, w_ptr, s1_p
         for j in range(0, nc_s, BLOCK_C):
             acc = _part_add(acc, part_ptr, first_s, j, nc_s, d, dmask, D, BLOCK_C=BLOCK_C)
     g = tl.sum(acc, axis=0)[None, :] * gscale
-    _finish(out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, u, u >= 0, dmask[None, :], d, D, g, lr,
-            h1, h2, h3, seed, OPT=OPT, SR=SR)
+    valid = u >= 0
+    _finish(out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, u, valid, valid[:, None] & dmask[None, :],
+            d, D, g, lr, h1, h2, h3, seed, OPT=OPT, SR=SR)
 
 
 def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
          mean: bool | Sequence[bool] | torch.Tensor, multi: tuple[torch.Tensor, int] | None,
          code: int, weight: torch.Tensor | None, states: Sequence[torch.Tensor],
          scalars: tuple[float, float, float, float], gscale: float, sr: bool, seed: int,
-         hotness: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+         hotness: int | None, lr_factor: torch.Tensor | None = None,
+         ) -> tuple[_Plan, torch.Tensor | None]:
     C.check_csr(rows, offsets)
     dev = grad_out.device
+    lr_factor = _ones(dev) if lr_factor is None else lr_factor
     dim = grad_out.shape[-1]
     go = grad_out.reshape(-1, dim)
     if go.stride(1) != 1:
@@ -205,67 +216,129 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     # Rows of a weight with < 2**31 rows sort as int32: half the radix passes of int64.
     narrow = weight is not None and weight.shape[0] < 2**31
     sorted_rows, perm = torch.sort(rows.to(torch.int32) if narrow else rows, stable=True)
-    uniq, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
-    uniq = uniq.to(torch.int64)
-    n_u = uniq.numel()
-    out = C.new_empty((n_u, dim), torch.float32, dev) if code == 0 else None
-    if n_u == 0 or dim == 0:
-        return uniq, out
-    starts = counts.cumsum(0) - counts
-    hot_u = torch.nonzero(counts > CAP).squeeze(1)
-    nch = (counts[hot_u] + CAP - 1) // CAP
-    slot = torch.full((n_u,), -1, dtype=torch.int64, device=dev)
-    slot[hot_u] = nch.cumsum(0) - nch
-    n_part = int(nch.sum()) if hot_u.numel() else 0
-    part = torch.empty(max(n_part, 1), dim, dtype=torch.float32, device=dev)
+    if nnz == 0 or dim == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=dev)
+        out = C.new_empty((0, dim), torch.float32, dev) if code == 0 else None
+        return _Plan(empty, torch.zeros(1, dtype=torch.int64, device=dev)), out
+    plan = _plan(sorted_rows)
+    out = C.new_empty((nnz, dim), torch.float32, dev) if code == 0 else None
+    part = torch.empty(plan.max_part, dim, dtype=torch.float32, device=dev)
     w = weight if weight is not None else go
     s1, s2 = state_pointers(states, w)
-    dummy = starts
+    dummy = plan.starts
     lr, h1, h2, h3 = scalars
     block_d = min(triton.next_power_of_2(dim), 256)
     block_u = max(8, min(64, 4096 // block_d))
     common = dict(HOT=hot, MULTI=multi is not None, SCALED=scaled)
-    _seg_kernel[(triton.cdiv(n_u, block_u), triton.cdiv(dim, block_d))](
-        go, perm, qpos if qpos is not None else dummy, qscale if scaled else dummy, starts,
-        counts, slot, part, out if out is not None else part, w, s1, s2, uniq, n_u, dim,
-        go.stride(0), rpt, slots, tables, gscale, lr, h1, h2, h3, seed, OPT=code, SR=sr,
-        CAP_=CAP, BLOCK_U=block_u, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4,
-        **common)
-    if n_part:
-        ch_u = hot_u.repeat_interleave(nch, output_size=n_part)
-        ch_k = torch.arange(n_part, device=dev) - slot[ch_u]
-        keep = ch_k > 0  # chunk 0 of every hot row was summed by _seg_kernel
-        ch_u, ch_k = ch_u[keep], ch_k[keep]
-        ch_slot = slot[ch_u] + ch_k
-        if ch_u.numel():
-            _chunk_kernel[(ch_u.numel(), triton.cdiv(dim, block_d))](
-                go, perm, qpos if qpos is not None else dummy, qscale if scaled else dummy,
-                starts, counts, ch_u, ch_k, ch_slot, part, dim, go.stride(0), rpt, slots,
-                tables, CAP_=CAP, BLOCK_D=block_d, num_warps=4, **common)
-        _combine_kernel[(hot_u.numel(), triton.cdiv(dim, block_d))](
-            part, hot_u, slot, nch, out if out is not None else part, w, s1, s2, uniq, dim,
-            gscale, lr, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16, BLOCK_D=block_d,
-            INTERP=C.interpreting(), num_warps=4)
-    return uniq, out
+    qpos_arg = qpos if qpos is not None else dummy
+    qscale_arg = qscale if scaled else dummy
+    # Upper-bound grids: programs past the device-side counts do nothing.
+    _seg_kernel[(triton.cdiv(nnz, block_u), triton.cdiv(dim, block_d))](
+        go, perm, qpos_arg, qscale_arg, plan.starts, plan.counts, plan.slot, part,
+        out if out is not None else part, w, s1, s2, plan.uniq, plan.n_u, dim, go.stride(0), rpt,
+        slots, tables, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, CAP_=CAP,
+        BLOCK_U=block_u, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4, **common)
+    _chunk_kernel[(plan.max_part, triton.cdiv(dim, block_d))](
+        go, perm, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, part, dim,
+        go.stride(0), rpt, slots, tables, CAP_=CAP, BLOCK_D=block_d, num_warps=4, **common)
+    _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
+        part, plan.hot_u, plan.slot, plan.nch, out if out is not None else part, w, s1, s2,
+        plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16,
+        BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4)
+    return plan, out
+
+
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
+def _ones(device: torch.device) -> torch.Tensor:
+    """A float32 [1] tensor holding 1.0 on ``device`` (the default learning-rate factor)."""
+    t = _ONES.get(device)
+    if t is None:
+        t = _ONES[device] = torch.ones(1, dtype=torch.float32, device=device)
+    return t
+
+
+class _Plan:
+    """Segments of the sorted rows, in buffers sized by ``nnz`` (no host sync to build).
+
+    ``uniq[:n_u]`` are the distinct rows; ``starts``/``counts`` their segments in the sorted
+    order (``counts`` is 0 past ``n_u``); ``slot`` the first partial slot of a hot row (> CAP
+    lookups) or -1; ``ch_*`` one entry per possible extra chunk of a hot row (``ch_n`` 0 when
+    there is none); ``hot_u`` the hot rows, padded with -1.
+    """
+
+    def __init__(self, uniq: torch.Tensor, n_u: torch.Tensor, **bufs: torch.Tensor) -> None:
+        self.uniq = uniq
+        self.n_u = n_u
+        for name, buf in bufs.items():
+            setattr(self, name, buf)
+        self.max_part = int(bufs["ch_n"].numel()) if bufs else 0
+        self.max_hot = int(bufs["hot_u"].numel()) if bufs else 0
+
+    def unique_rows(self) -> torch.Tensor:
+        """The distinct rows, exactly sized (one host sync)."""
+        return self.uniq[: int(self.n_u.item())]
+
+
+def _plan(sorted_rows: torch.Tensor) -> _Plan:
+    nnz = sorted_rows.numel()
+    dev = sorted_rows.device
+    i64 = torch.int64
+    is_start = torch.ones(nnz, dtype=torch.bool, device=dev)
+    is_start[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    seg = torch.cumsum(is_start, 0) - 1
+    n_u = seg[-1:] + 1
+    pos = torch.arange(nnz, dtype=i64, device=dev)
+    # starts_full[k] = first sorted position of segment k; nnz for k >= n_u; slot nnz+1 = trash.
+    starts_full = torch.full((nnz + 2,), nnz, dtype=i64, device=dev)
+    starts_full.scatter_(0, torch.where(is_start, seg, nnz + 1), pos)
+    starts = starts_full[:nnz]
+    counts = starts_full[1:nnz + 1] - starts
+    uniq = sorted_rows[starts.clamp(max=nnz - 1)].to(i64)
+    hot = counts > CAP
+    nch = torch.where(hot, (counts + CAP - 1) // CAP, 0)
+    chunk_end = torch.cumsum(nch, 0)
+    slot = torch.where(hot, chunk_end - nch, -1)
+    # Hot rows have > CAP lookups: at most nnz // (CAP + 1) of them and
+    # sum(ceil(count / CAP)) <= nnz // CAP + #hot partial slots.
+    max_hot = nnz // (CAP + 1) + 1
+    max_part = nnz // CAP + max_hot + 1
+    hot_rank = torch.cumsum(hot, 0) - 1
+    hot_u = torch.full((max_hot + 1,), -1, dtype=i64, device=dev)
+    hot_u.scatter_(0, torch.where(hot, hot_rank, max_hot), pos)
+    hot_u = hot_u[:max_hot]  # index max_hot was the trash slot
+    # Extra chunks (k >= 1; chunk 0 of every hot row is summed by _seg_kernel).
+    c = torch.arange(max_part, dtype=i64, device=dev)
+    owner = torch.searchsorted(chunk_end, c, right=True).clamp(max=nnz - 1)
+    k = c - (chunk_end[owner] - nch[owner])
+    valid = (c < chunk_end[-1]) & (k > 0)
+    ch_first = torch.where(valid, starts[owner] + k * CAP, 0)
+    ch_n = torch.where(valid, (counts[owner] - k * CAP).clamp(max=CAP), 0)
+    ch_slot = torch.where(valid, c, 0)
+    return _Plan(uniq, n_u, starts=starts, counts=counts, slot=slot, nch=nch, hot_u=hot_u,
+                 ch_first=ch_first, ch_n=ch_n, ch_slot=ch_slot)
 
 
 def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                 mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`terarec.kernels.reference.sparse_grad`."""
-    uniq, out = _run(grad_out, rows, offsets, mean, None, 0, None, [], (0.0, 0.0, 0.0, 0.0),
+    plan, out = _run(grad_out, rows, offsets, mean, None, 0, None, [], (0.0, 0.0, 0.0, 0.0),
                      1.0, False, 0, None)
     assert out is not None  # noqa: S101 - OPT 0 always allocates
-    return uniq, out
+    uniq = plan.unique_rows()
+    return uniq, out[: uniq.numel()]
 
 
 def sparse_grad_multi(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                       table_offsets: torch.Tensor, mean: bool | Sequence[bool] | torch.Tensor,
                       slots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`terarec.kernels.reference.sparse_grad_multi`."""
-    uniq, out = _run(grad_out, rows, offsets, mean, (table_offsets, slots), 0, None, [],
+    plan, out = _run(grad_out, rows, offsets, mean, (table_offsets, slots), 0, None, [],
                      (0.0, 0.0, 0.0, 0.0), 1.0, False, 0, None)
     assert out is not None  # noqa: S101
-    return uniq, out
+    uniq = plan.unique_rows()
+    return uniq, out[: uniq.numel()]
 
 
 def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
@@ -277,8 +350,15 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
                           stochastic_rounding: bool = False, seed: int | None = None,
                           hotness: int | None = None,
                           table_offsets: torch.Tensor | None = None,
-                          slots: int = 1) -> torch.Tensor:
-    """Triton twin of :func:`terarec.kernels.reference.fused_backward_update`."""
+                          slots: int = 1, return_unique: bool = True,
+                          lr_factor: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Triton twin of :func:`terarec.kernels.reference.fused_backward_update`.
+
+    With ``return_unique=False`` nothing waits for the device (no host sync: the step can run
+    ahead of the GPU or inside a CUDA graph) and None is returned. ``lr_factor`` (one float32 on
+    the device) multiplies the step size when the kernels run, so a captured step follows
+    a learning rate that changes between replays.
+    """
     code = C.opt_code(optimizer)
     C.check_states(code, states, weight)
     if not weight.is_contiguous() or weight.shape[1] != grad_out.shape[-1]:
@@ -288,6 +368,6 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
     sr = use_sr(weight, stochastic_rounding)
     sd = (C.random_seed() if seed is None else seed) if sr else 0
     multi = None if table_offsets is None else (table_offsets, slots)
-    uniq, _ = _run(grad_out, rows, offsets, mean, multi, code, weight, states, scalars,
-                   grad_scale, sr, sd, hotness)
-    return uniq
+    plan, _ = _run(grad_out, rows, offsets, mean, multi, code, weight, states, scalars,
+                   grad_scale, sr, sd, hotness, lr_factor)
+    return plan.unique_rows() if return_unique else None

@@ -86,9 +86,13 @@ def _local_lazy(step: StepFn) -> LazyFn:
 
 
 # --- SGD --------------------------------------------------------------------------------------
-def _sgd_step(w: Tensors, states: list[Tensors], g: Tensors | None, lr: float,
+def _sgd_step(w: Tensors, states: list[Tensors], g: Tensors | None, lr: float | torch.Tensor,
               cfg: OptimizerConfig, t: int) -> None:
-    if g is not None:
+    if g is None:
+        return
+    if isinstance(lr, torch.Tensor):  # device-side rate (a step captured in a CUDA graph)
+        torch._foreach_sub_(w, torch._foreach_mul(g, lr))
+    else:
         torch._foreach_add_(w, g, alpha=-lr)
 
 

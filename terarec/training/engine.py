@@ -63,6 +63,11 @@ class Engine(nn.Module):
         # fused updates stay eager around it. Model.compile sets it from use_cuda_graph.
         self.use_cuda_graph = False
         self._graph: dict[str, Any] = {}
+        # The whole step (lookups, fused sparse updates, dense optimizer) as one graph where it
+        # applies (terarec.training.step_graph); the dense-only graph above otherwise.
+        from terarec.training.step_graph import StepGraph
+
+        self.step_graph = StepGraph(self, self._forward_for_capture)
         precision.apply_global(device)
 
     # ------------------------------------------------------------------------ helpers
@@ -73,6 +78,7 @@ class Engine(nn.Module):
                 group["lr"] = self.lr
         for table in self.tables.values():
             table.set_learning_rate(self.lr)
+        self.step_graph.set_learning_rate(self.lr)
 
     def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = {}
@@ -90,6 +96,14 @@ class Engine(nn.Module):
         with self.precision.autocast(self.device):
             embeddings = self.embed(batch)
             return self.network(batch.dense, batch.labels, embeddings, compute_loss=compute_loss)
+
+    def _forward_for_capture(self, batch: Batch) -> NetworkOutput:
+        """The step's forward as the whole-step graph records it (autocast without its cast
+        cache, which a CUDA graph cannot hold)."""
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+               if self.precision.use_mixed_precision else contextlib.nullcontext())
+        with amp:
+            return self.network(batch.dense, batch.labels, self.embed(batch))
 
     def _graphed_dense(self, batch: Batch, embeddings: dict[str, torch.Tensor],
                        ) -> Callable[..., tuple[torch.Tensor, ...]] | None:
@@ -145,11 +159,17 @@ class Engine(nn.Module):
     def reset_cuda_graph(self) -> None:
         """Forget the captured step (after freezing/unfreezing or changing the network)."""
         self._graph = {}
+        self.step_graph.reset()
 
     # ------------------------------------------------------------------------ steps
     def train_step(self, batch: Batch) -> torch.Tensor:
         """Forward, backward (sparse updates fused), dense update. Returns the loss (0-dim)."""
         self.train()
+        if self.use_cuda_graph:
+            loss = self.step_graph.step(batch.to(self.device, non_blocking=True))
+            if loss is not None:
+                self.last_train = self.step_graph.out
+                return loss
         if self.dense_optimizer is not None:
             self.dense_optimizer.zero_grad(set_to_none=True)
         out = self._forward_train(batch)

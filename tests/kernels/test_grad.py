@@ -97,3 +97,50 @@ def test_fused_backward_update(dev: torch.device, opt: str, multi: bool) -> None
     untouched = torch.ones(n_rows, dtype=torch.bool)
     untouched[idx] = False
     assert torch.equal(w_d.cpu()[untouched], weight[untouched])
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_fused_backward_many_hot_rows_no_sync(dev: torch.device, opt: str) -> None:
+    """Several hot rows around the chunk boundaries (32, 33, 64, 65, 200 lookups), one-hot CSR,
+    ``return_unique=False`` (the sync-free form the training fast path uses)."""
+    gen = torch.Generator().manual_seed(11)
+    counts = {0: 200, 1: 65, 2: 64, 3: 33, 4: 32, 5: 1}
+    rows = torch.cat([torch.full((c,), r) for r, c in counts.items()]
+                     + [torch.arange(6, 40)])
+    rows = rows[torch.randperm(rows.numel(), generator=gen)]
+    n, dim, n_rows = rows.numel(), 20, 40
+    offsets = torch.arange(n + 1)
+    go = torch.randn(n, dim, generator=gen)
+    ref_g = grad64(go, rows, offsets, False)
+    weight = torch.randn(n_rows, dim, generator=gen)
+    states = random_states(opt, (n_rows, dim), gen)
+    w_d, st_d = weight.to(dev, copy=True), [s.to(dev, copy=True) for s in states]
+    out = K.fused_backward_update(go.to(dev), rows.to(dev), offsets.to(dev), False, w_d, st_d,
+                                  opt, 0.1, hotness=1, return_unique=False, **HYPER)
+    assert out is None
+    idx = torch.tensor(sorted(ref_g))
+    g = torch.stack([ref_g[r] for r in sorted(ref_g)])
+    w_ref, st_ref = rule64(opt, weight[idx], [s[idx] for s in states], g, 0.1, HYPER)
+    assert rel_err(w_d.cpu()[idx], w_ref) < 1e-5
+    for s_d, s_ref in zip(st_d, st_ref):
+        assert rel_err(s_d.cpu()[idx], s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adagrad", "ftrl"])
+def test_fused_backward_lr_factor(dev: torch.device, opt: str) -> None:
+    """A device-side learning-rate factor (CUDA-graph replays) equals passing the rate."""
+    gen = torch.Generator().manual_seed(3)
+    rows, offsets = random_csr(40, 2, 12, gen)
+    go = torch.randn(40, 16, generator=gen)
+    weight = torch.randn(12, 16, generator=gen)
+    states = random_states(opt, (12, 16), gen)
+    results = []
+    for lr, factor in ((0.05, None), (1.0, torch.tensor([0.05]))):
+        w_d, st_d = weight.to(dev, copy=True), [s.to(dev, copy=True) for s in states]
+        K.fused_backward_update(go.to(dev), rows.to(dev), offsets.to(dev), False, w_d, st_d, opt,
+                                lr, return_unique=False,
+                                lr_factor=None if factor is None else factor.to(dev), **HYPER)
+        results.append((w_d.cpu(), [s.cpu() for s in st_d]))
+    assert rel_err(results[0][0], results[1][0]) < 1e-6
+    for a, b in zip(results[0][1], results[1][1]):
+        assert rel_err(a, b) < 1e-6
