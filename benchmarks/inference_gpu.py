@@ -2,9 +2,15 @@
 
 Builds the model through the HugeCTR API (26 tables, dim 128, bottom 512-256-128, top
 1024-1024-512-256-1; tables capped at --max-rows rows each), writes HugeCTR model files, loads
-them into ``CreateInferenceSession`` with a GPU embedding cache, warms the cache, then times
-``predict`` on batches of --batch samples (CSR in host memory, as a server receives them) and
-the forward of the same dense network alone.
+them into ``CreateInferenceSession`` with a GPU embedding cache, warms the cache, then times,
+on batches of --batch samples (samples/s for each):
+
+* ``predict`` with the CSR in host numpy arrays (as a server receives them; list returned),
+* ``predict`` with the CSR already on the device (tensor returned), fp32 and mixed precision,
+* the pooled embedding lookup alone (device CSR -> cache -> ``embedding_bag``, one host sync),
+* the dense forward alone, fp32 and mixed precision (bf16 autocast),
+* the plain-PyTorch reference path of the session (the old per-table host path),
+* training's ``Model.predict`` on the same network.
 
     python benchmarks/inference_gpu.py [--batch 65536] [--max-rows 100000] [--tiny]
 """
@@ -21,6 +27,7 @@ import torch
 
 import terarec as hugectr
 from terarec.inference import CreateInferenceSession, InferenceParams
+from terarec.inference.dense_runner import DenseRunner
 
 KAGGLE = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
           14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
@@ -89,29 +96,58 @@ def main() -> None:
                              use_gpu_embedding_cache=True, cache_size_percentage=1.0,
                              i64_input_key=True)
     session = CreateInferenceSession(str(tmp / "g.json"), params)
+    core = session.core
     row_ptrs = np.arange(args.batch * 26 + 1)
     flat_dense = dense.reshape(-1)
-    session.predict(flat_dense, keys.reshape(-1), row_ptrs)  # warm the cache
+    flat_keys = keys.reshape(-1)
+    dev = core.device
+    d_dense, d_keys, d_rp = (torch.from_numpy(x).to(dev) for x in (flat_dense, flat_keys, row_ptrs))
+    session.predict(flat_dense, flat_keys, row_ptrs)  # warm the cache
+    for c in [session.embedding_cache.cache(t) for t in range(len(core.specs))]:
+        if c is not None:
+            c.wait_pending()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.reps):
-        session.predict(flat_dense, keys.reshape(-1), row_ptrs)
-    sync()
-    t_session = (time.perf_counter() - t0) / args.reps
-    model.predict(batch)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.reps):
-        model.predict(batch)
-    sync()
-    t_model = (time.perf_counter() - t0) / args.reps
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"device {dev}; batch {args.batch}; tables capped at {args.max_rows} rows")
-    print(f"InferenceSession.predict (CSR from host, HPS + GPU cache): "
-          f"{args.batch / t_session:,.0f} samples/s")
-    print(f"Model.predict (tables on device, same network):            "
-          f"{args.batch / t_model:,.0f} samples/s")
+
+    def rate(fn, reps: int = args.reps) -> float:
+        fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        return args.batch * reps / (time.perf_counter() - t0)
+
+    rows: list[tuple[str, float]] = []
+    rows.append(("InferenceSession.predict, CSR from host numpy (list out)",
+                 rate(lambda: session.predict(flat_dense, flat_keys, row_ptrs))))
+    rows.append(("InferenceSession.predict, CSR on device (tensor out), fp32",
+                 rate(lambda: session.predict(d_dense, d_keys, d_rp))))
+    syncs = core.pooler.syncs
+    csr = core.to_device(d_dense, d_keys, d_rp)
+    rows.append(("pooled lookup alone (device cache + embedding_bag)",
+                 rate(lambda: core.pool(csr))))
+    pooled = core.pool(csr)
+    fp32 = DenseRunner(core.dense_fn, dev)
+    mixed = DenseRunner(core.dense_fn, dev, "bf16")
+    rows.append(("dense forward alone, fp32", rate(lambda: fp32(pooled, csr.dense))))
+    rows.append(("dense forward alone, bf16 autocast", rate(lambda: mixed(pooled, csr.dense))))
+    core.dense = mixed
+    rows.append(("InferenceSession.predict, CSR on device, bf16 (use_mixed_precision)",
+                 rate(lambda: session.predict(d_dense, d_keys, d_rp))))
+    core.dense = fp32
+    core.fast_path = False
+    rows.append(("InferenceSession.predict, reference path (host CSR, per-table HPS)",
+                 rate(lambda: session.predict(flat_dense, flat_keys, row_ptrs), reps=2)))
+    core.fast_path = True
+    rows.append(("Model.predict (training tables on device, same network)",
+                 rate(lambda: model.predict(batch))))
+    stats = session.embedding_cache.stats()
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"device {name}; batch {args.batch}; tables capped at {args.max_rows} rows; "
+          f"host syncs per warm batch {syncs}; cache hit rate "
+          f"{min(s['hit_rate'] for s in stats.values()) if stats else float('nan'):.3f}")
+    for label, r in rows:
+        print(f"{label:<72} {r:>14,.0f} samples/s")
 
 
 if __name__ == "__main__":

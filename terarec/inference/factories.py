@@ -92,6 +92,10 @@ class EmbeddingCacheHandle:
         return self.parameter_server.lookup_tensor(keys, self.model_name, table_id,
                                                    self.device_id)
 
+    def cache(self, table_id: int) -> Any:
+        """The device ``EmbeddingCache`` of a table (``None`` when disabled)."""
+        return self.parameter_server.cache(self.model_name, table_id, self.device_id)
+
     def refresh(self) -> None:
         self.parameter_server.refresh_embedding_cache(self.model_name, self.device_id)
 

@@ -20,16 +20,28 @@ import torch
 from terarec.errors import ConfigError
 from terarec.inference.csr import CsrBatch, parse_csr
 from terarec.inference.dense_network import DenseFn, build_dense_network, dense_dim_of
+from terarec.inference.dense_runner import DenseRunner
+from terarec.inference.device_csr import DeviceCsr, device_csr_from_batch, to_device_csr
+from terarec.inference.device_pool import CacheOf, DevicePooler
 from terarec.inference.factories import EmbeddingCacheHandle, ps_config_for, read_inference_config
 from terarec.inference.parameter_server import HPS, device_for
 from terarec.inference.params import InferenceParams
+from terarec.inference.reference_pool import pool_reference
 
-LookupFn = Callable[[int, np.ndarray], torch.Tensor]
+LookupFn = Callable[[int, Any], torch.Tensor]
 DenseNetwork = tuple[DenseFn, list[dict[str, Any]]]
+
+#: Autocast dtype of ``InferenceParams.use_mixed_precision`` on CUDA (see dense_runner).
+MIXED_PRECISION = "bf16"
 
 
 class SessionCore:
-    """Pools embeddings of a :class:`CsrBatch` and runs the dense network.
+    """Pools embeddings of a request and runs the dense network.
+
+    The fast path (default) moves the request to the device once and pools every table from the
+    device embedding caches with one host sync per batch (:mod:`terarec.inference.device_pool`).
+    ``fast_path = False`` selects the plain-PyTorch reference twin (host CSR, per-table
+    ``torch.unique`` + parameter-server lookup + ``index_add``); the two agree.
 
     Args:
         lookup: ``lookup(table_id, unique_keys int64) -> Tensor (n, dim)`` on ``device``.
@@ -38,60 +50,90 @@ class SessionCore:
         dense_dim: dense features per sample.
         device: device of the dense network.
         max_batchsize: largest batch accepted in one call.
+        cache_of: ``cache_of(table_id)`` -> the table's device ``EmbeddingCache`` (or ``None``);
+            the fast path reads the caches through it.
+        mixed_precision: ``None`` (fp32), ``"bf16"`` or ``"fp16"`` autocast of the dense network.
     """
 
     def __init__(self, lookup: LookupFn, embedding_specs: list[dict[str, Any]], dense_fn: DenseFn,
-                 dense_dim: int, device: torch.device, max_batchsize: int) -> None:
+                 dense_dim: int, device: torch.device, max_batchsize: int,
+                 cache_of: CacheOf | None = None, mixed_precision: str | None = None) -> None:
         self.lookup = lookup
         self.specs = embedding_specs
         self.dense_fn = dense_fn
         self.dense_dim = int(dense_dim)
-        self.device = device
+        self.device = torch.device(device)
         self.max_batchsize = int(max_batchsize)
         self.slot_nums = [int(s["slot_num"]) for s in embedding_specs]
+        self.dense = DenseRunner(dense_fn, self.device, mixed_precision)
+        self.pooler = DevicePooler(embedding_specs, lookup, cache_of, self.device)
+        self.fast_path = True
 
     def parse(self, dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any) -> CsrBatch:
         return parse_csr(dense_feature, embeddingcolumns, row_ptrs, self.slot_nums,
                          self.dense_dim)
 
-    def pool(self, batch: CsrBatch) -> dict[str, torch.Tensor]:
+    def to_device(self, dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any,
+                  i64_input_key: bool = True) -> DeviceCsr:
+        """The request on the device (numpy, lists, or tensors already there)."""
+        return to_device_csr(dense_feature, embeddingcolumns, row_ptrs, self.slot_nums,
+                             self.dense_dim, self.device, i64_input_key)
+
+    def _check_batch(self, b: int) -> None:
+        if b > self.max_batchsize:
+            raise ConfigError("batch size", f"at most max_batchsize={self.max_batchsize}", b)
+
+    def pool(self, batch: CsrBatch | DeviceCsr) -> dict[str, torch.Tensor]:
         """Per-table pooled embeddings ``(B, slot_num, dim)`` (sum or mean combiner)."""
-        out = {}
-        for t, (spec, (keys, offs)) in enumerate(zip(self.specs, batch.tables)):
-            rows, dim = batch.batch_size * int(spec["slot_num"]), int(spec["dim"])
-            lengths = torch.from_numpy(np.diff(offs)).to(self.device)
-            pooled = torch.zeros((rows, dim), dtype=torch.float32, device=self.device)
-            if keys.size:
-                # Keys go to the device once and are de-duplicated there (no host sort).
-                keys_t = torch.from_numpy(np.ascontiguousarray(keys)).to(self.device)
-                uniq, inv = torch.unique(keys_t, return_inverse=True)
-                vec = self.lookup(t, uniq).to(self.device)
-                if vec.shape[-1] != dim or vec.shape[0] != uniq.numel():
-                    raise ConfigError(f"embedding table {spec['table']!r}",
-                                      f"({uniq.numel()}, {dim}) vectors", tuple(vec.shape))
-                vec = vec[inv]
-                row_ids = torch.repeat_interleave(torch.arange(rows, device=self.device), lengths,
-                                                  output_size=int(keys.size))
-                pooled.index_add_(0, row_ids, vec.to(pooled.dtype))
-                if spec.get("combiner", "sum") == "mean":
-                    pooled /= lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
-            out[spec["table"]] = pooled.reshape(batch.batch_size, -1, dim)
-        return out
+        if not self.fast_path:
+            if isinstance(batch, DeviceCsr):
+                raise ConfigError("SessionCore.pool", "a CsrBatch on the reference path",
+                                  type(batch).__name__)
+            return self.pool_reference(batch)
+        csr = batch if isinstance(batch, DeviceCsr) else device_csr_from_batch(batch, self.device)
+        return self.pooler.run(csr)[0]
+
+    def pool_reference(self, batch: CsrBatch) -> dict[str, torch.Tensor]:
+        """The plain-PyTorch twin of :meth:`pool` (host CSR, one lookup per table)."""
+        return pool_reference(batch, self.specs, self.lookup, self.device)
+
+    @torch.no_grad()
+    def run_device(self, csr: DeviceCsr) -> torch.Tensor:
+        """Probabilities ``(B, label_dim)`` on the device of a request already there."""
+        self._check_batch(csr.batch_size)
+        _, out = self.pooler.run(csr, lambda pooled: self.dense(pooled, csr.dense))
+        assert out is not None  # noqa: S101 - a forward was given
+        return out.reshape(csr.batch_size, -1)
 
     @torch.no_grad()
     def run(self, batch: CsrBatch) -> torch.Tensor:
         """Probabilities ``(B, label_dim)`` of a parsed batch."""
-        if batch.batch_size > self.max_batchsize:
-            raise ConfigError("batch size", f"at most max_batchsize={self.max_batchsize}",
-                              batch.batch_size)
-        dense = torch.from_numpy(np.ascontiguousarray(batch.dense)).to(self.device)
-        out = self.dense_fn(self.pool(batch), dense)
-        return out.reshape(batch.batch_size, -1).float()
+        self._check_batch(batch.batch_size)
+        if self.fast_path:
+            return self.run_device(device_csr_from_batch(batch, self.device))
+        dense = torch.from_numpy(np.ascontiguousarray(batch.dense, np.float32)).to(self.device)
+        out = self.dense(self.pool_reference(batch), dense)
+        return out.reshape(batch.batch_size, -1)
 
-    def predict(self, dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any) -> np.ndarray:
+    def predict_tensor(self, dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any,
+                       i64_input_key: bool = True) -> torch.Tensor:
+        """Flat float32 probabilities ``(B * label_dim,)`` on the device."""
+        if not self.fast_path:
+            keys = np.asarray(embeddingcolumns.cpu() if isinstance(embeddingcolumns, torch.Tensor)
+                              else embeddingcolumns)
+            if not i64_input_key:
+                keys = keys.astype(np.int32).astype(np.int64)
+            host = [x.cpu() if isinstance(x, torch.Tensor) else x
+                    for x in (dense_feature, row_ptrs)]
+            return self.run(self.parse(host[0], keys, host[1])).reshape(-1)
+        csr = self.to_device(dense_feature, embeddingcolumns, row_ptrs, i64_input_key)
+        return self.run_device(csr).reshape(-1)
+
+    def predict(self, dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any,
+                i64_input_key: bool = True) -> np.ndarray:
         """Flat float32 array of ``B * label_dim`` probabilities."""
-        return self.run(self.parse(dense_feature, embeddingcolumns, row_ptrs)).cpu().numpy(
-        ).reshape(-1)
+        return self.predict_tensor(dense_feature, embeddingcolumns, row_ptrs,
+                                   i64_input_key).cpu().numpy()
 
 
 class _SessionBase:
@@ -103,16 +145,19 @@ class _SessionBase:
     def predict(self, *args: Any, i64_input_key: bool | None = None, **kwargs: Any) -> Any:
         """``predict(dense_feature, embeddingcolumns, row_ptrs)`` -> list of probabilities, or
         ``predict(num_batches, source, data_reader_type, check_type, slot_size_array=[])`` ->
-        float32 array ``(num_batches * max_batchsize, label_dim)`` read from data files."""
+        float32 array ``(num_batches * max_batchsize, label_dim)`` read from data files.
+        When ``embeddingcolumns`` is a torch tensor (typically already on the GPU) the
+        probabilities come back as a flat float32 tensor on the session's device."""
         if (args and isinstance(args[0], int) and not isinstance(args[0], bool)) or \
                 "num_batches" in kwargs:
             return self._from_reader(*args, i64_input_key=i64_input_key, **kwargs)[0]
         dense_feature, embeddingcolumns, row_ptrs = (list(args) + [kwargs.get(k) for k in (
             "dense_feature", "embeddingcolumns", "row_ptrs")][len(args):])[:3]
-        keys = np.asarray(embeddingcolumns)
-        if i64_input_key is False:
-            keys = keys.astype(np.int32).astype(np.int64)
-        return self.core.predict(dense_feature, keys, row_ptrs).tolist()
+        i64 = i64_input_key is not False
+        if isinstance(embeddingcolumns, torch.Tensor):
+            # CSR already in torch (e.g. on the device): the answer stays there as a tensor
+            return self.core.predict_tensor(dense_feature, embeddingcolumns, row_ptrs, i64)
+        return self.core.predict(dense_feature, embeddingcolumns, row_ptrs, i64).tolist()
 
     def _from_reader(self, num_batches: int, source: str, data_reader_type: Any,
                      check_type: Any, slot_size_array: list[int] | None = None,
@@ -158,7 +203,8 @@ class InferenceSession(_SessionBase):
         dense_fn, specs = dense_network or build_dense_network(
             config_file, cfg["dense_model_file"], device)
         self.core = SessionCore(embedding_cache.lookup, specs, dense_fn, dense_dim_of(graph),
-                                device, cfg["max_batchsize"])
+                                device, cfg["max_batchsize"],
+                                cache_of=getattr(embedding_cache, "cache", None))
 
 
 class _ParamsSession(_SessionBase):
@@ -178,8 +224,10 @@ class _ParamsSession(_SessionBase):
             ps_config_for([params], {params.model_name: specs}))
         self.embedding_cache = EmbeddingCacheHandle(self.parameter_server, params.model_name,
                                                     device.index or 0)
+        mixed = MIXED_PRECISION if params.use_mixed_precision and device.type == "cuda" else None
         self.core = SessionCore(self.embedding_cache.lookup, specs, dense_fn,
-                                dense_dim_of(graph_path), device, params.max_batchsize)
+                                dense_dim_of(graph_path), device, params.max_batchsize,
+                                cache_of=self.embedding_cache.cache, mixed_precision=mixed)
         self._lock = threading.Lock()
 
     def close(self) -> None:

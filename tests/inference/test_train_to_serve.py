@@ -49,3 +49,40 @@ def test_inference_equals_training_predict(name, data, tmp_path):
                            data["slot_sizes"])
     assert abs(auc - model.evaluate(num_batches=4)["AUC"]) < 1e-6
     session.close()
+
+
+@pytest.mark.gpu
+def test_mixed_precision_session_close_to_training(data, tmp_path):
+    """``use_mixed_precision`` (bf16 autocast on CUDA) stays close to fp32 Model.predict."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = BUILDERS["dlrm"](data)
+    model.compile()
+    model.fit(max_iter=30, display=1000, eval_interval=1000, snapshot=1000)
+    prefix = str(tmp_path / "dlrm")
+    model.save_params_to_files(prefix, 30)
+    model.graph_to_json(str(tmp_path / "graph.json"))
+    n_tables = len(model.engine.tables)
+    params = InferenceParams(
+        model_name="dlrm", max_batchsize=128, hit_rate_threshold=0.9,
+        dense_model_file=f"{prefix}_dense_30.model",
+        sparse_model_files=[f"{prefix}{i}_sparse_30.model" for i in range(n_tables)],
+        device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=1.0,
+        i64_input_key=False, use_mixed_precision=True)
+    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    assert session.core.dense.mixed_precision == "bf16"
+    batch = next(model.eval_reader.iterate_once())
+    sparse = batch.sparse["data1"]
+    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
+    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
+    got = np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
+    # every embedding fits the cache: the second, warm call is one host sync
+    again = session.core.predict_tensor(torch.from_numpy(batch.dense.numpy().reshape(-1)).cuda(),
+                                        torch.from_numpy(keys).cuda(),
+                                        torch.from_numpy(row_ptrs).cuda(), False)
+    np.testing.assert_allclose(again.cpu().numpy(), got, rtol=0, atol=1e-6)
+    expected = model.predict(batch)
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=2e-2)
+    session.close()

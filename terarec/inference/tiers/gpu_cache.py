@@ -11,6 +11,12 @@ fetches the misses from the tier below (``source``) and inserts them. HugeCTR's
 the insertion runs on a background thread (the answer does not wait for it), below it the
 insertion is synchronous. :meth:`refresh` re-reads the cached rows from ``source``.
 Eviction is LRU (least recently used) or LFU (least frequently used, LRU among equals).
+
+The inference session's device fast path reads the cache without host syncs through
+:meth:`EmbeddingCache.probe` (key -> slot, hit), :meth:`EmbeddingCache.pool_slots`
+(``embedding_bag`` straight from the slots) and :meth:`EmbeddingCache.commit_hits` (the
+statistics and LRU/LFU update of an all-hit batch, equal to what :meth:`query` does). Hit counts
+of committed batches stay on the device until ``hits``/``queries`` are read.
 """
 
 from __future__ import annotations
@@ -77,8 +83,9 @@ class EmbeddingCache(EmbeddingTier):
         self._lock = threading.RLock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="terarec-cache")
         self._pending: list[Future[None]] = []
-        self.queries = 0
-        self.hits = 0
+        self._queries = 0
+        self._hits = 0
+        self._device_hits: torch.Tensor | None = None  # committed all-hit keys not yet counted
         self.last_hit_rate = 0.0
         self.sync_inserts = 0
         self.async_inserts = 0
@@ -103,6 +110,35 @@ class EmbeddingCache(EmbeddingTier):
         pos = torch.searchsorted(self._sorted, keys).clamp_(max=n - 1)
         return self._order[pos], self._sorted[pos] == keys
 
+    def _fold(self) -> None:
+        if self._device_hits is not None:
+            n = int(self._device_hits)
+            self._device_hits = None
+            self._queries += n
+            self._hits += n
+
+    @property
+    def queries(self) -> int:
+        """Unique keys looked up, summed over counted lookups."""
+        self._fold()
+        return self._queries
+
+    @queries.setter
+    def queries(self, value: int) -> None:
+        self._fold()
+        self._queries = int(value)
+
+    @property
+    def hits(self) -> int:
+        """Unique keys found, summed over counted lookups."""
+        self._fold()
+        return self._hits
+
+    @hits.setter
+    def hits(self, value: int) -> None:
+        self._fold()
+        self._hits = int(value)
+
     # ---- protocol --------------------------------------------------------------------------
     @property
     def capacity(self) -> int:
@@ -125,6 +161,39 @@ class EmbeddingCache(EmbeddingTier):
                 self.hits += nh
                 self.last_hit_rate = nh / k.numel() if k.numel() else 1.0
         return out, hit
+
+    # ---- device fast path (no host syncs; the caller holds :attr:`lock`) -----------------------
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that keeps slots stable between :meth:`probe` and :meth:`commit_hits`."""
+        return self._lock
+
+    def probe(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(slot, hit)`` of device int64 ``keys``; no state change, no host sync. Slots of
+        missing keys are valid indices holding other rows."""
+        with self._lock:
+            return self._find(keys)
+
+    def pool_slots(self, slot: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:
+        """``embedding_bag`` (sum|mean) of the cached rows ``slot`` over bags ``offsets``
+        (``include_last_offset``); no host sync."""
+        with self._lock:
+            return torch.nn.functional.embedding_bag(slot, self._values, offsets, mode=mode,
+                                                     include_last_offset=True)
+
+    def commit_hits(self, slot: torch.Tensor) -> None:
+        """Record a lookup whose keys all hit at ``slot``: what :meth:`query` does for such a
+        batch (one tick; last use and frequency of each distinct row; unique keys counted as
+        queries and hits), with no host sync."""
+        with self._lock:
+            touched = torch.zeros(self._capacity, dtype=torch.bool, device=self.device)
+            touched.index_fill_(0, slot, True)
+            self._tick += 1
+            self._last.masked_fill_(touched, self._tick)
+            self._freq += touched
+            n = touched.sum()
+            self._device_hits = n if self._device_hits is None else self._device_hits + n
+            self.last_hit_rate = 1.0
 
     def lookup(self, keys: Any) -> tuple[np.ndarray, np.ndarray]:
         out, hit = self.lookup_tensor(keys)
