@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# One-call GPU check on the lent machine: GPU-marked tests, the training-path suites on cuda:0,
-# the training-throughput benchmark (DLRM, peer vs terarec) and the inference benchmark.
-# Usage: bash benchmarks/gpu_suite.sh   (logs under $OUT when set)
+# One-call GPU check on the lent machine. Every log lands under $OUT (default /tmp/gpu_out).
+# Usage: bash benchmarks/gpu_suite.sh [tests|train|inference|data|all]   (default all)
+#   tests     GPU-marked tests (kernels, fast paths, embedding, inference, optim, metrics)
+#   train     training throughput: DLRM (peer + terarec, profile), DCNv2 and DCN
+#   inference predict samples/s of the inference session vs Model.predict
+#   data      reader rows/s with 16 workers
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+what=${1:-all}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/embedding tests/metrics \
-  tests/inference/test_gpu_cache.py tests/optim tests/perf 2>&1 | tail -6 | tee "$OUT/gpu_marked.txt"
-python3 -m pytest -q -p no:cacheprovider tests/training tests/compat \
-  tests/inference/test_train_to_serve.py tests/data/test_real_data_training.py \
-  2>&1 | tail -6 | tee "$OUT/train_on_gpu.txt"
-python3 benchmarks/train_throughput.py --config dlrm --steps 40 2>&1 | tail -12 | tee "$OUT/train_dlrm.txt"
-python3 benchmarks/inference_gpu.py --batch 65536 --max-rows 100000 2>&1 | tail -3 | tee "$OUT/inference_gpu.txt"
+git log --oneline 2>/dev/null | head -1 | tee -a "$OUT/card.txt"
+if [[ $what == tests || $what == all ]]; then
+  timeout 300 python3 -m pytest -q -rf -m gpu -p no:cacheprovider tests/kernels tests/perf \
+    tests/embedding tests/metrics tests/optim tests/inference > "$OUT/gpu_tests.txt" 2>&1
+  tail -4 "$OUT/gpu_tests.txt"; grep -E "^FAILED|^ERROR" "$OUT/gpu_tests.txt" | head -20
+fi
+if [[ $what == train || $what == all ]]; then
+  { timeout 150 python3 benchmarks/train_throughput.py --config dlrm --steps 40 --profile 3
+    timeout 120 python3 benchmarks/train_throughput.py --config dcnv2 --steps 10 --warmup 3 \
+      --skip-peer
+    timeout 90 python3 benchmarks/train_throughput.py --config dcn --steps 30
+  } 2>&1 | grep -v -i "warn" > "$OUT/bench_train.txt"
+  grep -E "config|ms/step|ratio|fraction|host" "$OUT/bench_train.txt"
+fi
+if [[ $what == inference || $what == all ]]; then
+  timeout 150 python3 benchmarks/inference_gpu.py --batch 65536 --max-rows 100000 \
+    > "$OUT/bench_inference.txt" 2>&1
+  tail -10 "$OUT/bench_inference.txt"
+fi
+if [[ $what == data || $what == all ]]; then
+  timeout 240 python3 benchmarks/data_readers.py --workers 16 > "$OUT/bench_data.txt" 2>&1
+  tail -15 "$OUT/bench_data.txt"
+fi

@@ -31,6 +31,7 @@ from terarec.kernels import _common as C
 from terarec.kernels.triton_optim import apply_rule, state_pointers, use_sr
 
 CAP = 32
+CHUNKS_PER_PROGRAM = 16
 
 
 @triton.jit
@@ -117,18 +118,12 @@ def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot
 
 
 @triton.jit
-def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
-                  part_ptr, D, go_stride, rows_per_table, slots, tables,
-                  HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
-                  CAP_: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One CAP-sized chunk of a hot row -> one partial slot (programs with n == 0 idle)."""
-    c = tl.program_id(0)
-    n = tl.load(ch_n_ptr + c)
-    if n <= 0:  # no chunk here (the grid is an upper bound)
-        return
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+def _chunk_one(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
+               part_ptr, c, d, dmask, D, go_stride, rows_per_table, slots, tables,
+               HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
+               CAP_: tl.constexpr):
+    n = tl.load(ch_n_ptr + c)  # 0: no chunk (k == 0 of a hot row is summed by _seg_kernel)
     first = tl.load(ch_first_ptr + c)
-    dmask = d < D
     i = tl.arange(0, CAP_)
     m = i < n
     p = tl.load(perm_ptr + first + i, mask=m, other=0)
@@ -138,7 +133,25 @@ def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr
     if SCALED:
         g = g * tl.load(qscale_ptr + q, mask=m, other=0.0)[:, None]
     slot = tl.load(ch_slot_ptr + c)
-    tl.store(part_ptr + slot * D + d, tl.sum(g, axis=0), mask=dmask)
+    tl.store(part_ptr + slot * D + d, tl.sum(g, axis=0), mask=dmask & (n > 0))
+
+
+@triton.jit
+def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
+                  ntot_ptr, part_ptr, D, go_stride, rows_per_table, slots, tables,
+                  HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
+                  CAP_: tl.constexpr, PER_PROG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """PER_PROG chunk entries per program, each a CAP-sized chunk of a hot row -> one partial
+    slot. Real chunks are the prefix [0, ntot) of the entries; programs past it exit."""
+    c0 = tl.program_id(0) * PER_PROG
+    if c0 >= tl.load(ntot_ptr):
+        return
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    for k in range(PER_PROG):
+        _chunk_one(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
+                   part_ptr, c0 + k, d, dmask, D, go_stride, rows_per_table, slots, tables,
+                   HOT=HOT, MULTI=MULTI, SCALED=SCALED, CAP_=CAP_)
 
 
 @triton.jit
@@ -238,9 +251,10 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         out if out is not None else part, w, s1, s2, plan.uniq, plan.n_u, dim, go.stride(0), rpt,
         slots, tables, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, CAP_=CAP,
         BLOCK_U=block_u, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4, **common)
-    _chunk_kernel[(plan.max_part, triton.cdiv(dim, block_d))](
-        go, perm, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, part, dim,
-        go.stride(0), rpt, slots, tables, CAP_=CAP, BLOCK_D=block_d, num_warps=4, **common)
+    _chunk_kernel[(plan.max_part // CHUNKS_PER_PROGRAM, triton.cdiv(dim, block_d))](
+        go, perm, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, plan.n_chunks,
+        part, dim, go.stride(0), rpt, slots, tables, CAP_=CAP, PER_PROG=CHUNKS_PER_PROGRAM,
+        BLOCK_D=block_d, num_warps=4, **common)
     _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
         part, plan.hot_u, plan.slot, plan.nch, out if out is not None else part, w, s1, s2,
         plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16,
@@ -304,6 +318,7 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     # sum(ceil(count / CAP)) <= nnz // CAP + #hot partial slots.
     max_hot = nnz // (CAP + 1) + 1
     max_part = nnz // CAP + max_hot + 1
+    max_part += -max_part % CHUNKS_PER_PROGRAM
     hot_rank = torch.cumsum(hot, 0) - 1
     hot_u = torch.full((max_hot + 1,), -1, dtype=i64, device=dev)
     hot_u.scatter_(0, torch.where(hot, hot_rank, max_hot), pos)
@@ -317,7 +332,7 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     ch_n = torch.where(valid, (counts[owner] - k * CAP).clamp(max=CAP), 0)
     ch_slot = torch.where(valid, c, 0)
     return _Plan(uniq, n_u, starts=starts, counts=counts, slot=slot, nch=nch, hot_u=hot_u,
-                 ch_first=ch_first, ch_n=ch_n, ch_slot=ch_slot)
+                 ch_first=ch_first, ch_n=ch_n, ch_slot=ch_slot, n_chunks=chunk_end[-1:])
 
 
 def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,

@@ -2,8 +2,8 @@
 
 One program per sample: X = [dense; emb] is loaded once as an ``[NP, BLOCK_E]`` tile (NP =
 n = S+1 rounded up to a power of two >= 16), the Gram matrix X X^T comes from one ``tl.dot``
-(3xTF32, float32-accurate, for float32 inputs; for bf16 inputs tf32 tensor cores, exact on
-bf16 values, with float32 sums) and its strict lower triangle is stored straight into the
+(3xTF32, float32-accurate, for float32 inputs; for bf16 inputs bf16 tensor cores: exact
+products, float32 sums) and its strict lower triangle is stored straight into the
 output row at ``E + i(i-1)/2 + j``.
 Backward: dX = (G + G^T) X with G the lower-triangular gradient matrix gathered from the
 output gradient, again one ``tl.dot``; row 0 adds the pass-through dense gradient.
@@ -33,17 +33,20 @@ def _load_x(dense_ptr, emb_ptr, b, S, E, i, e, emask):
 
 @triton.jit
 def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, S, E, out_cols, NP: tl.constexpr,
-                BLOCK_E: tl.constexpr, IEEE: tl.constexpr):
+                BLOCK_E: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, NP)
     e = tl.arange(0, BLOCK_E)
     emask = e < E
     x, _ = _load_x(dense_ptr, emb_ptr, b, S, E, i, e, emask)
-    x = x.to(tl.float32)
     if IEEE:
+        x = x.to(tl.float32)
         z = tl.dot(x, tl.trans(x), input_precision="tf32x3")
-    else:  # bf16 values are exact in tf32: exact products, float32 sums
-        z = tl.dot(x, tl.trans(x), input_precision="tf32")
+    elif INTERP:  # Triton's interpreter mis-multiplies bf16 dots: same products in fp32
+        x = x.to(tl.float32)
+        z = tl.dot(x, tl.trans(x))
+    else:  # bf16 tensor cores: exact products, float32 sums (half the registers of fp32)
+        z = tl.dot(x, tl.trans(x), out_dtype=tl.float32)
     row = out_ptr + b * out_cols
     dense = tl.load(dense_ptr + b * E + e, mask=emask, other=0.0)
     tl.store(row + e, dense, mask=emask)
@@ -57,7 +60,8 @@ def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, S, E, out_cols, NP: tl.constexpr,
 
 @triton.jit
 def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
-                NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr):
+                NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
+                INTERP: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, NP)
     e = tl.arange(0, BLOCK_E)
@@ -70,12 +74,12 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
     idx = tl.where(lower, ii * (ii - 1) // 2 + jj, jj * (jj - 1) // 2 + ii)
     row = go_ptr + b * out_cols
     g = tl.load(row + E + idx, mask=lower | upper, other=0.0)
-    g = g.to(tl.float32)
-    x = x.to(tl.float32)
     if IEEE:
-        dx = tl.dot(g, x, input_precision="tf32x3")
-    else:  # bf16 values are exact in tf32
-        dx = tl.dot(g, x, input_precision="tf32")
+        dx = tl.dot(g.to(tl.float32), x.to(tl.float32), input_precision="tf32x3")
+    elif INTERP:  # see _fwd_kernel
+        dx = tl.dot(g.to(x.dtype).to(tl.float32), x.to(tl.float32))
+    else:  # bf16 x bf16 on tensor cores: exact products, float32 sums
+        dx = tl.dot(g.to(x.dtype), x, out_dtype=tl.float32)
     d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)
     d0 += tl.load(row + e, mask=emask, other=0.0).to(tl.float32)
     tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
@@ -102,7 +106,8 @@ def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     out = C.new_empty((b, cols), dense.dtype, dense.device)
     if b:
         _fwd_kernel[(b,)](dense.contiguous(), emb.contiguous(), out, s, e, cols, NP=np_,
-                          BLOCK_E=be, IEEE=dense.dtype == torch.float32, num_warps=4)
+                          BLOCK_E=be, IEEE=dense.dtype == torch.float32,
+                          INTERP=C.interpreting(), num_warps=4)
     return out
 
 
@@ -118,5 +123,6 @@ def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor,
     if b:
         _bwd_kernel[(b,)](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
                           d_emb, s, e, cols, NP=np_, BLOCK_E=be,
-                          IEEE=dense.dtype == torch.float32, num_warps=4)
+                          IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
+                          num_warps=4)
     return d_dense, d_emb
