@@ -319,10 +319,11 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     max_hot = nnz // (CAP + 1) + 1
     max_part = nnz // CAP + max_hot + 1
     max_part += -max_part % CHUNKS_PER_PROGRAM
-    hot_rank = torch.cumsum(hot, 0) - 1
-    hot_u = torch.full((max_hot + 1,), -1, dtype=i64, device=dev)
-    hot_u.scatter_(0, torch.where(hot, hot_rank, max_hot), pos)
-    hot_u = hot_u[:max_hot]  # index max_hot was the trash slot
+    # The h-th hot row is the first position whose running hot count exceeds h (-1: none).
+    hot_count = torch.cumsum(hot, 0)
+    h = torch.arange(max_hot, dtype=hot_count.dtype, device=dev)
+    hot_u = torch.searchsorted(hot_count, h, right=True)
+    hot_u = torch.where(h < hot_count[-1:], hot_u, -1)
     # Extra chunks (k >= 1; chunk 0 of every hot row is summed by _seg_kernel).
     c = torch.arange(max_part, dtype=i64, device=dev)
     owner = torch.searchsorted(chunk_end, c, right=True).clamp(max=nnz - 1)

@@ -33,7 +33,7 @@ def test_inference_equals_training_predict(name, data, tmp_path):
         device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=0.5,
         i64_input_key=False)
     session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
-    batch = next(model.eval_reader.iterate_once())
+    batch = next(model.eval_reader.iterate_once()).to("cpu")  # a server gets host arrays
     expected = model.predict(batch)
     sparse = batch.sparse["data1"]
     # one CSR per table, concatenated table by table (HugeCTR's Triton backend layout)
@@ -73,7 +73,7 @@ def test_mixed_precision_session_close_to_training(data, tmp_path):
         i64_input_key=False, use_mixed_precision=True)
     session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
     assert session.core.dense.mixed_precision == "bf16"
-    batch = next(model.eval_reader.iterate_once())
+    batch = next(model.eval_reader.iterate_once()).to("cpu")
     sparse = batch.sparse["data1"]
     keys = np.concatenate([sparse.keys.numpy()] * n_tables)
     row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
