@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--max-rows", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--profile", type=int, default=0,
+                   help="profile N bf16 device-CSR predict calls; print the top kernels")
     args = p.parse_args()
     if args.tiny:
         args.batch, args.max_rows, args.reps = 256, 1000, 2
@@ -148,6 +150,18 @@ def main() -> None:
           f"{min(s['hit_rate'] for s in stats.values()) if stats else float('nan'):.3f}")
     for label, r in rows:
         print(f"{label:<72} {r:>14,.0f} samples/s")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        core.dense = mixed
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        sync()
+        with profile(activities=acts) as prof:
+            for _ in range(args.profile):
+                session.predict(d_dense, d_keys, d_rp)
+            sync()
+        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=50))
 
 
 if __name__ == "__main__":

