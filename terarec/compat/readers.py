@@ -1,7 +1,16 @@
 """The train / eval reader of a ``Model`` (HugeCTR's ``get_data_reader_train/eval`` objects).
 
 Builds a terarec reader from ``DataReaderParams`` + the graph's ``Input`` lazily, feeds
-batches through a background prefetcher, and implements repeat vs epoch mode.
+batches through a background :class:`~terarec.data.loader.Prefetcher`, and implements repeat vs
+epoch mode.
+
+The reader decodes and assembles batches on ``DataReaderParams.num_workers`` threads; the
+prefetcher's thread keeps ``PREFETCH_DEPTH`` batches ready. On a CUDA model the batches are
+assembled in pinned host memory and copied to the GPU on a side stream ahead of use (the
+training stream waits on the copy's event). On CPU the thread still decodes ahead. The GIL
+switch interval is lowered (``loader.share_gil``) so the reader threads are not starved by the
+training thread. A worker's error surfaces in ``next_batch`` with its original message;
+``restart``, ``set_source``, ``close`` and the end of an epoch stop the threads.
 """
 
 from __future__ import annotations
@@ -9,9 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 from terarec.data.batch import Batch
+from terarec.data.loader import Prefetcher, share_gil
 from terarec.enums import name_of
 from terarec.errors import ConfigError
+
+#: batches kept ready (on the device for CUDA models) ahead of the training loop.
+PREFETCH_DEPTH = 2
 
 
 class ReaderSlot:
@@ -27,6 +42,7 @@ class ReaderSlot:
         self._source: str | None = None
         self._reader: Any = None
         self._iter: Iterator[Batch] | None = None
+        self._prefetch: Prefetcher | None = None
         self._exhausted = False
 
     # -- HugeCTR DataReader methods ------------------------------------------------
@@ -43,6 +59,7 @@ class ReaderSlot:
         """Switch to another file list / file (epoch mode); empty keeps the current one."""
         if file_name:
             self._source = file_name
+            self.close()
             self._reader = None
         self.restart()
 
@@ -64,7 +81,14 @@ class ReaderSlot:
             self.restart()
 
     def restart(self) -> None:
+        self.close()
         self._exhausted = False
+
+    def close(self) -> None:
+        """Stop the background threads (the next ``next_batch`` starts the source again)."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+        self._prefetch = None
         self._iter = None
 
     def restart_if_exhausted(self) -> None:
@@ -75,9 +99,20 @@ class ReaderSlot:
     def repeat(self) -> bool:
         return bool(self.model.solver.repeat_dataset)
 
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.model, "device", None) or "cpu")
+
+    def _prefetcher(self, reader: Any) -> Prefetcher:
+        device = self.device
+        reader.pin_memory = device.type == "cuda"
+        share_gil()  # reader threads next to a busy training thread: see loader.share_gil
+        return Prefetcher(reader, device, depth=PREFETCH_DEPTH, num_threads=1)
+
     def iterate_once(self) -> Iterator[Batch]:
-        """One pass over the whole source, independent of the running iterator."""
-        return iter(self._build(repeat=False))
+        """One pass over the whole source, independent of the running iterator (prefetched;
+        the threads stop when the pass ends or the iterator is dropped)."""
+        return iter(self._prefetcher(self._build(repeat=False)))
 
     def _build(self, repeat: bool | None = None) -> Any:
         from terarec.data.readers import ReaderConfig, create_reader
@@ -114,14 +149,19 @@ class ReaderSlot:
     def next_batch(self) -> Batch | None:
         """The next batch, or None at the end of the source (epoch mode)."""
         if self._reader is None:
+            self.close()
             self._reader = self._build()
-            self._iter = None
         if self._iter is None:
-            self._iter = iter(self._reader)
+            self._prefetch = self._prefetcher(self._reader)
+            self._iter = iter(self._prefetch)
             self._exhausted = False
         try:
             return next(self._iter)
         except StopIteration:
             self._exhausted = True
-            self._iter = None
+            self.close()
             return None
+        except BaseException:
+            self.close()
+            self._iter = iter(())  # as a dead generator: the next call reports the end
+            raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from terarec.data import arrowtext
 from terarec.data.textparse import as_bytes, gather, parse_floats, split_fields
 
 
@@ -39,7 +40,7 @@ class Parsed:
     labels: np.ndarray  # (n, L) float32
     dense: np.ndarray  # (n, D) float64, missing -> 0
     dense_missing: np.ndarray  # (n, D) bool
-    cats: np.ndarray  # (n, C) bytes ("" = missing)
+    cats: np.ndarray  # (n, C) bytes ("" = missing), or uint64 packed (arrowtext.pack_short)
     lines: np.ndarray  # (n,) 1-based line numbers
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line, problem)
     n_bad: int = 0
@@ -52,7 +53,15 @@ def _mask_rows(p: Parsed, keep: np.ndarray) -> Parsed:
 
 def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int = 100) -> Parsed:
     """Parse whole lines; rows with a wrong field count or a non-numeric label/dense are *bad*
-    (listed in ``bad`` with their line and field, and excluded)."""
+    (listed in ``bad`` with their line and field, and excluded).
+
+    Delimited text goes through pyarrow.csv when it can (:func:`_parse_arrow`); any block the
+    fast path declines is parsed here with numpy, which finds and reports the bad rows.
+    """
+    if spec.kind == "delimited":
+        fast = _parse_arrow(spec, buf, first_line)
+        if fast is not None:
+            return fast
     sep = ord(" ") if spec.kind == "libsvm" else ord(spec.sep)
     nf = spec.n_fields()
     f = split_fields(buf, sep, nf, first_line)
@@ -103,3 +112,39 @@ def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int =
     bad.sort()
     p = Parsed(labels, np.where(dmiss, 0.0, den), dmiss, cats, f.lines, bad, n_bad)
     return _mask_rows(p, ~row_bad) if row_bad.any() else p
+
+
+def _parse_arrow(spec: TextSpec, buf: np.ndarray, first_line: int) -> Parsed | None:
+    """The pyarrow.csv parse of a block with no bad row, else None (numpy decides)."""
+    nums = list(spec.label) + list(spec.dense)
+    include = list(dict.fromkeys(nums + list(spec.cats)))
+    if len(include) != len(nums) + len(spec.cats) or len(set(spec.names)) != len(spec.names):
+        return None  # a column used twice: leave it to the reference parser
+    table = arrowtext.read_block(buf, spec.names, nums, include, sep=spec.sep)
+    if table is None:
+        return None
+    n = table.num_rows
+    lab = np.empty((n, len(spec.label)), np.float64)
+    for j, name in enumerate(spec.label):
+        v, m = arrowtext.floats(table, name)
+        if m.any():
+            return None
+        lab[:, j] = v
+    den = np.zeros((n, len(spec.dense)), np.float64)
+    dmiss = np.zeros((n, len(spec.dense)), bool)
+    for j, name in enumerate(spec.dense):
+        v, m = arrowtext.floats(table, name)
+        if not np.isfinite(v[~m]).all():
+            return None
+        den[:, j] = np.where(m, 0.0, v)
+        dmiss[:, j] = m
+    cols = [arrowtext.binary_column(table, c) for c in spec.cats]
+    packed = [arrowtext.pack_short(c) for c in cols]
+    if all(p is not None for p in packed):
+        cats = np.stack(packed, axis=1) if packed else np.zeros((n, 0), np.uint64)
+    else:
+        cats = np.stack([as_bytes(*arrowtext.binary_parts(c)) for c in cols], axis=1)
+    labels = lab.astype(np.float32)
+    if spec.label_threshold is not None:
+        labels = (lab >= spec.label_threshold).astype(np.float32)
+    return Parsed(labels, den, dmiss, cats, np.arange(n, dtype=np.int64) + first_line)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from terarec.data.arrowtext import unpack_short
 from terarec.data.preprocess.spec import Parsed
 from terarec.data.readers.chunk import Chunk
 from terarec.data.textparse import hash_bytes
@@ -38,6 +39,8 @@ class FitStats:
     dense_missing: np.ndarray | None = None
     values: list[np.ndarray] = field(default_factory=list)  # unique values per cat column
     counts: list[np.ndarray] = field(default_factory=list)
+    #: merged-in (values, counts) not yet folded into ``values``/``counts`` (see ``compact``)
+    pending: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)
 
     @staticmethod
     def of(p: Parsed, count_values: bool) -> FitStats:
@@ -52,17 +55,46 @@ class FitStats:
         return st
 
     def merge(self, o: FitStats) -> FitStats:
+        """Sum of both. Value counts are folded lazily: ``o``'s are queued and all queued ones
+        are folded at once when they outgrow the folded ones (amortised O(n log n) in total
+        instead of re-sorting the whole vocabulary for every block)."""
         if self.dense_sum is None:
             return o
+        out = FitStats(self.rows + o.rows, self.dense_sum + o.dense_sum,
+                       self.dense_sq + o.dense_sq, np.minimum(self.dense_min, o.dense_min),
+                       np.maximum(self.dense_max, o.dense_max),
+                       self.dense_missing + o.dense_missing, self.values, self.counts,
+                       [*self.pending, (o.values, o.counts), *o.pending])
+        held = sum(v.size for v in out.values)
+        queued = sum(v.size for vals, _ in out.pending for v in vals)
+        if queued > max(held, 1 << 16):
+            out.compact()
+        return out
+
+    def compact(self) -> FitStats:
+        """Fold the queued value counts into ``values`` / ``counts`` (exact); returns self."""
+        if not self.pending:
+            return self
+        parts = [(self.values, self.counts)] if self.values else []
+        parts += [p for p in self.pending if p[0]]
+        self.pending = []
+        if not parts:
+            return self
         vals, cnts = [], []
-        for a, ac, b, bc in zip(self.values, self.counts, o.values, o.counts):
-            v, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+        for c in range(len(parts[0][0])):
+            v, inv = np.unique(_same_kind([p[0][c] for p in parts]), return_inverse=True)
             vals.append(v)
-            cnts.append(np.bincount(inv, np.concatenate([ac, bc])).astype(np.int64))
-        return FitStats(self.rows + o.rows, self.dense_sum + o.dense_sum,
-                        self.dense_sq + o.dense_sq, np.minimum(self.dense_min, o.dense_min),
-                        np.maximum(self.dense_max, o.dense_max),
-                        self.dense_missing + o.dense_missing, vals, cnts)
+            cnts.append(np.bincount(inv.reshape(-1), np.concatenate([p[1][c] for p in parts]),
+                                    minlength=v.size).astype(np.int64))
+        self.values, self.counts = vals, cnts
+        return self
+
+
+def _same_kind(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate categorical values: packed uint64 stays packed; mixed -> bytes."""
+    if all(a.dtype == np.uint64 for a in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([unpack_short(a) if a.dtype == np.uint64 else a for a in arrays])
 
 
 @dataclass
@@ -82,6 +114,7 @@ class Transform:
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, st: FitStats) -> None:
+        st.compact()
         n = max(st.rows, 1)
         mean = st.dense_sum / n if st.dense_sum is not None else []
         for i, name in enumerate(self.dense_names):
@@ -94,10 +127,14 @@ class Transform:
         if self.hash_buckets:
             return
         for name, v, c in zip(self.cat_names, st.values, st.counts):
-            keep = (c >= self.freq_threshold) & (v != b"")
+            # packed uint64 values sort like their bytes (arrowtext.pack_short); 0 = b""
+            keep = (c >= self.freq_threshold) & (v != (0 if v.dtype == np.uint64 else b""))
             v, c = v[keep], c[keep]
             order = np.lexsort((v, -c))
-            self.vocab[name] = [s.decode("latin-1") for s in v[order]]
+            v = v[order]
+            if v.dtype == np.uint64:
+                v = unpack_short(v)
+            self.vocab[name] = [s.decode("latin-1") for s in v]
             self.counts_total[name] = int(c.sum())
 
     @property
@@ -107,15 +144,26 @@ class Transform:
         return [len(self.vocab[c]) + 2 for c in self.cat_names]
 
     # -- applying --------------------------------------------------------------------------
-    def _table(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self._lookup:
+    def _table(self, name: str, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted vocabulary values and their ids; ``packed``: as uint64 (all <= 8 bytes)."""
+        key = name + ("\0packed" if packed else "")
+        if key not in self._lookup:
             vals = np.array([s.encode("latin-1") for s in self.vocab[name]] or [b""], dtype=bytes)
             ids = np.arange(2, vals.size + 2, dtype=np.int64)
             if not self.vocab[name]:
                 ids = np.array([1], np.int64)
+            if packed:
+                if vals.dtype.itemsize > 8:
+                    raise ValueError("vocabulary values longer than 8 bytes")
+                vals = np.ascontiguousarray(vals, dtype="S8").view(">u8").astype(np.uint64)
             order = np.argsort(vals, kind="stable")
-            self._lookup[name] = (vals[order], ids[order])
-        return self._lookup[name]
+            self._lookup[key] = (vals[order], ids[order])
+        return self._lookup[key]
+
+    def _packed_ok(self, name: str) -> bool:
+        if name + "\0packed" in self._lookup:
+            return True
+        return all(len(s) <= 8 for s in self.vocab[name])
 
     def dense_values(self, p: Parsed) -> np.ndarray:
         x = np.maximum(p.dense, 0.0)
@@ -130,16 +178,19 @@ class Transform:
     def cat_ids(self, p: Parsed) -> np.ndarray:
         n, C = p.cats.shape
         out = np.empty((n, C), dtype=np.int64)
+        packed = p.cats.dtype == np.uint64
         for j, name in enumerate(self.cat_names):
             col = p.cats[:, j]
+            if packed and (self.hash_buckets or not self._packed_ok(name)):
+                col = unpack_short(col)
             if self.hash_buckets:
                 ids = 1 + (hash_bytes(col, salt=j + 1) % np.uint64(self.hash_buckets - 1)
                            ).astype(np.int64)
             else:
-                vals, idv = self._table(name)
+                vals, idv = self._table(name, col.dtype == np.uint64)
                 pos = np.clip(np.searchsorted(vals, col), 0, vals.size - 1)
                 ids = np.where(vals[pos] == col, idv[pos], 1)
-            ids[col == b""] = 0
+            ids[col == (0 if col.dtype == np.uint64 else b"")] = 0
             out[:, j] = ids
         return out
 

@@ -8,8 +8,9 @@ of worker threads, (optionally) shuffles, cuts batches and handles epoch / repea
 Decoding runs on ``num_workers`` threads (numpy and pyarrow release the GIL): the decode jobs of
 the units (see :meth:`FormatSource.jobs`) are started up to ``2 * num_workers`` ahead and their
 chunks are consumed in unit order, and each batch is then cut, shuffled, concatenated and turned
-into tensors on a second pool of ``num_workers`` threads, again handed out in order. The output
-(including the shuffle order) does not depend on ``num_workers``.
+into tensors (pinned ones when ``Reader.pin_memory`` is set, for CUDA targets) on a second pool
+of ``num_workers`` threads, again handed out in order. The output (including the shuffle order)
+does not depend on ``num_workers``.
 
 Rank partitioning: when every file's sample count is known (Norm header, Raw/RawAsync size,
 Parquet metadata) rank ``r`` of ``W`` reads the contiguous global sample range
@@ -169,6 +170,8 @@ class Reader:
         self.rank, self.world_size = rank, world_size
         self.drop_incomplete_batch = drop_incomplete_batch
         self.epoch = 0
+        #: assemble batches in pinned host memory (set for CUDA targets; needs a CUDA build).
+        self.pin_memory = False
         self._open()
 
     def _open(self) -> None:
@@ -308,7 +311,8 @@ class Reader:
 
     def _assemble(self, plan: list[tuple[Chunk, np.ndarray | None, int, int]]) -> Batch:
         parts = [c.slice(a, b) if perm is None else c.take(perm[a:b]) for c, perm, a, b in plan]
-        return Chunk.concat(parts).to_batch(self.schema)
+        batch = Chunk.concat(parts).to_batch(self.schema)
+        return batch.pin_memory() if self.pin_memory else batch
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches in order. Slicing, shuffling, concatenation and tensor building of each batch

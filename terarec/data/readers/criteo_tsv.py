@@ -25,9 +25,11 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from terarec.data import arrowtext
 from terarec.data.readers.base import FormatSource, check_files_exist, read_file_list
 from terarec.data.readers.chunk import Chunk, split_slots
 from terarec.data.textparse import (
+    _HEX,
     mix64,
     parse_hex,
     parse_ints,
@@ -44,6 +46,13 @@ BLOCK_BYTES = 16 << 20
 
 def iter_line_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
     """Yield ``(first_line_number, bytes of whole lines)`` blocks of a text file (``.gz`` ok)."""
+    for line, block, _ in iter_counted_blocks(path, block_bytes):
+        yield line, block
+
+
+def iter_counted_blocks(path: str, block_bytes: int = BLOCK_BYTES
+                        ) -> Iterator[tuple[int, bytes, int]]:
+    """:func:`iter_line_blocks` with the number of lines of each block (counted once)."""
     opener = gzip.open if path.endswith(".gz") else open
     line = 1
     rest = b""
@@ -58,10 +67,11 @@ def iter_line_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[tupl
                 rest = data
                 continue
             block, rest = data[:cut], data[cut:]
-            yield line, block
-            line += block.count(b"\n")
+            n = block.count(b"\n")
+            yield line, block, n
+            line += n
     if rest:
-        yield line, rest + b"\n"
+        yield line, rest + b"\n", 1
 
 
 def hash_categoricals(vals: np.ndarray, missing: np.ndarray, sizes: list[int], i64: bool
@@ -123,7 +133,55 @@ class CriteoTSVSource(FormatSource):
                 self.config.i64_input_key, self.schema)]
 
 
+def _hex_column(arr) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values uint64, missing) of a binary column of hex strings, None if one is not hex."""
+    data, s, e = arrowtext.binary_parts(arr)
+    w = e - s
+    miss = w == 0
+    if not w.size:
+        return np.zeros(0, np.uint64), miss
+    if int(w.max()) == 8 and ((w == 8) | miss).all():  # Criteo: 8 digits or empty
+        nib = _HEX[data[int(s[0]) : int(e[-1])].reshape(-1, 8)]
+        if (nib == 255).any():
+            return None
+        packed = nib[:, 0::2] << 4 | nib[:, 1::2]  # (m, 4) bytes, big-endian
+        v = np.ascontiguousarray(packed).view(">u4").reshape(-1).astype(np.uint64)
+        if miss.any():
+            out = np.zeros(w.size, np.uint64)
+            out[~miss] = v
+            return out, miss
+        return v, miss
+    vals, m, bad = parse_hex(data, s, e)
+    return None if bad.any() else (vals, m)
+
+
+def _parse_fast(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """pyarrow.csv parse of a block: (ints (n, 14), int missing, hex (n, 26), hex missing), or
+    None where the numpy parser must decide (see :mod:`terarec.data.arrowtext`)."""
+    table = arrowtext.read_block(buf, COLUMNS, [], COLUMNS)
+    if table is None:
+        return None
+    got = arrowtext.ints(table, COLUMNS[:14])
+    if got is None:
+        return None
+    ints, miss = got
+    n = table.num_rows
+    hexv = np.empty((n, N_CAT), np.uint64)
+    hmiss = np.empty((n, N_CAT), bool)
+    for j, name in enumerate(COLUMNS[14:]):
+        h = _hex_column(arrowtext.binary_column(table, name))
+        if h is None:
+            return None
+        hexv[:, j], hmiss[:, j] = h
+    return ints, miss, hexv, hmiss
+
+
 def parse_criteo_block(path, buf, line0, sizes, i64, schema) -> Chunk:
+    """One block of whole lines -> a Chunk (pyarrow.csv fast path, numpy reference path)."""
+    fast = _parse_fast(buf)
+    if fast is not None and not fast[1][:, 0].any():
+        ints, _, hexv, hmiss = fast
+        return _to_chunk(ints, hexv, hmiss, sizes, i64, schema)
     f = split_fields(buf, 9, 40, line0)
     if f.bad_lines.size:
         raise_bad_count(path, f, 40)
@@ -133,12 +191,16 @@ def parse_criteo_block(path, buf, line0, sizes, i64, schema) -> Chunk:
     if miss[:, 0].any():
         raise_first_bad(path, f, np.c_[miss[:, :1], np.zeros((len(miss), 13), bool)], COLUMNS,
                         "a label (0 or 1)")
-    labels = ints[:, :1].astype(np.float32)
-    dense = np.log1p(np.maximum(ints[:, 1:], 0).astype(np.float32))
     hexv, hmiss, hbad = parse_hex(f.buf, f.starts[:, 14:], f.ends[:, 14:])
     if hbad.any():
         raise_first_bad(path, f, np.c_[np.zeros((len(hbad), 14), bool), hbad], COLUMNS,
                         "a hexadecimal categorical value")
+    return _to_chunk(ints, hexv, hmiss, sizes, i64, schema)
+
+
+def _to_chunk(ints, hexv, hmiss, sizes, i64, schema) -> Chunk:
+    labels = ints[:, :1].astype(np.float32)
+    dense = np.log1p(np.maximum(ints[:, 1:], 0).astype(np.float32))
     keys = hash_categoricals(hexv, hmiss, sizes, i64)
     n = len(labels)
     k, ln = split_slots(schema, keys.reshape(-1), np.ones((n, N_CAT), np.int64))
