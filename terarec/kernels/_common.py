@@ -66,6 +66,15 @@ def check_csr(rows: torch.Tensor, offsets: torch.Tensor) -> None:
         raise ValueError(f"rows/offsets: expected int64. Received: {rows.dtype}, {offsets.dtype}")
 
 
+def check_relu_bias(grad: torch.Tensor, y: torch.Tensor) -> None:
+    """``grad`` and ``y``: the same 2-D shape and dtype, on one device."""
+    if grad.dim() != 2 or grad.shape != y.shape or grad.dtype != y.dtype \
+            or grad.device != y.device:
+        raise ValueError("relu_bias_backward: expected grad and y of one [B, N] shape, dtype and "
+                         f"device. Received: {tuple(grad.shape)} {grad.dtype} {grad.device}, "
+                         f"{tuple(y.shape)} {y.dtype} {y.device}")
+
+
 def check_update(weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
     """``weight`` [R, D] contiguous, ``rows`` int64 [U], ``grad`` [U, D]."""
     if weight.dim() != 2 or not weight.is_contiguous():

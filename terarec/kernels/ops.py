@@ -104,6 +104,11 @@ def stochastic_round_to_bf16(x: torch.Tensor, seed: int | None = None) -> torch.
     return implementation("stochastic_round_to_bf16", x)(x, seed)
 
 
+def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad * (y > 0), its column sums)``: a ReLU layer's backward before the GEMMs."""
+    return implementation("relu_bias_backward", grad)(grad, y)
+
+
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """DLRM dot interaction ``[B, E + n(n-1)/2 + 1]``, n = S+1 (HugeCTR layout)."""
     return implementation("interaction_forward", dense)(dense, emb)

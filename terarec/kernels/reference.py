@@ -271,6 +271,14 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
     return uniq if return_unique else None
 
 
+def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of ``y = relu(x @ w + b)`` up to the GEMMs: ``(g, db)`` with
+    ``g = grad * (y > 0)`` and ``db = g.sum(0)`` (float32 sums, returned in ``grad``'s dtype)."""
+    C.check_relu_bias(grad, y)
+    g = torch.ops.aten.threshold_backward(grad, y, 0)
+    return g, g.sum(0, dtype=torch.float32).to(grad.dtype)
+
+
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """DLRM dot interaction: ``[dense, strict lower triangle of X X^T (row-major), 0]``.
 

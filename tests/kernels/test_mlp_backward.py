@@ -1,0 +1,26 @@
+"""relu_bias_backward (fused ReLU backward + bias gradient) vs float64 formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_helpers import K, rel_err
+
+
+@pytest.mark.parametrize(("b", "n"), [(1, 5), (700, 130), (1030, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_bias_backward(dev: torch.device, b: int, n: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(b + n)
+    grad = torch.randn(b, n, generator=gen).to(dtype)
+    y = torch.relu(torch.randn(b, n, generator=gen)).to(dtype)
+    g, db = K.relu_bias_backward(grad.to(dev), y.to(dev))
+    ref_g = grad.double() * (y.double() > 0)
+    assert g.dtype == dtype and db.dtype == dtype and db.shape == (n,)
+    assert torch.equal(g.cpu().double(), ref_g)  # a mask: exact
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert rel_err(db.cpu(), ref_g.sum(0)) < tol
+
+
+def test_relu_bias_backward_rejects_mismatched_shapes(dev: torch.device) -> None:
+    with pytest.raises(ValueError, match="relu_bias_backward"):
+        K.relu_bias_backward(torch.zeros(4, 3, device=dev), torch.zeros(4, 2, device=dev))
