@@ -44,6 +44,11 @@ TRITON_IMPLS: dict[str, tuple[str, str]] = {
     "stochastic_round_to_bf16": ("terarec.kernels.triton_optim", "stochastic_round_to_bf16"),
     "interaction_forward": ("terarec.kernels.triton_interaction", "interaction_forward"),
     "interaction_backward": ("terarec.kernels.triton_interaction", "interaction_backward"),
+    "relu_bias_backward": ("terarec.kernels.triton_mlp", "relu_bias_backward"),
+    # Hash index (no twin in reference: the torch twins work on the index's state and live with
+    # it, terarec.embedding.fast_path_hash; only ask for these where backend_for is "triton").
+    "hash_lookup_or_insert": ("terarec.kernels.triton_hash", "lookup_or_insert"),
+    "hash_init_rows": ("terarec.kernels.triton_hash", "init_new_rows"),
 }
 
 _local = threading.local()
