@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from terarec.embedding import fast_path, table_io
+from terarec.embedding import fast_path, fast_path_hash, table_io
 from terarec.embedding.config import TableConfig
 from terarec.embedding.hash_index import INDEX_TYPES
 from terarec.embedding.init import draw_seed, init_vectors, slots_of_positions
@@ -203,6 +203,9 @@ class EmbeddingTable(nn.Module):
                               f"slot_num={self.config.slot_num}", sparse.slot_num)
         if fast_path.applies(self, sparse):  # CUDA: fused Triton lookup + backward/update
             out = fast_path.forward(self, sparse)
+            return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
+        if fast_path_hash.applies(self, sparse):  # CUDA hash tables: Triton hash index + kernels
+            out = fast_path_hash.forward(self, sparse)
             return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
         offsets = sparse.offsets.to(device=self.device, dtype=torch.int64)
         rows = self.insert_keys(sparse.keys, offsets=offsets)
