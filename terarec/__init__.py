@@ -7,6 +7,7 @@ and the sub-modules ``hugectr.tools``, ``hugectr.data``, ``hugectr.inference`` e
 
 from __future__ import annotations
 
+from terarec.compat.embedding_collection import EmbeddingCollectionConfig, EmbeddingTableConfig
 from terarec.compat.layers import (
     DenseLayer,
     DenseLayerComputeConfig,
@@ -90,7 +91,8 @@ _alias_as_hugectr()
 
 __all__ = [
     "AsyncParam", "CreateOptimizer", "CreateSolver", "DataReaderParams", "DataReaderSparseParam",
-    "DataSourceParams", "DenseLayer", "DenseLayerComputeConfig", "GroupDenseLayer",
+    "DataSourceParams", "DenseLayer", "DenseLayerComputeConfig", "EmbeddingCollectionConfig",
+    "EmbeddingTableConfig", "GroupDenseLayer",
     "HybridEmbeddingParam", "Input", "LearningRateScheduler", "Model", "OptParamsPy", "Solver",
     "Session", "SolverParser", "SparseEmbedding", "TrainingCallback", "get_learning_rate_scheduler",
     "solver_parser_helper", "__version__", *ALL_ENUMS,

@@ -83,10 +83,16 @@ class Model(ModelFilesMixin):
             self._require_input("DenseLayer")
             self.spec.layers.append(layer.to_spec())
         elif type(layer).__name__ == "EmbeddingCollectionConfig":
-            from terarec.errors import NotSupportedError
-
-            raise NotSupportedError("EmbeddingCollectionConfig is not supported yet; use "
-                                    "SparseEmbedding (same tables, same placements).")
+            # one SparseEmbedding spec per lookup (+ Reshape/Concat of the list form); the
+            # shard(...) plan goes to the sharded collection when the job has ranks.
+            self._require_input("EmbeddingCollectionConfig")
+            assert self.spec.schema is not None  # noqa: S101 - _require_input checked
+            direct = self.reader_params is not None and not self.reader_params.slot_size_array
+            graph = layer.to_graph(self.spec.schema, getattr(self, "world_size", 1), direct)
+            self.spec.embeddings.extend(graph.embeddings)
+            self.spec.layers.extend(graph.layers)
+            if self._dist is not None:
+                self._dist.request_placements(graph.placements)
         else:
             raise ConfigError("Model.add", "an Input, SparseEmbedding, DenseLayer or "
                               "GroupDenseLayer", type(layer).__name__)

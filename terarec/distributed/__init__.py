@@ -6,6 +6,11 @@
   per placement kind (``row_wise``, ``table_wise``, ``replicated``, ``column_wise``,
   ``hybrid``; registry :data:`STRATEGIES`), exactly equal to one-process training on the same
   global batches.
+* :mod:`~terarec.distributed.fused`: the collection's ``forward`` runs its row-wise,
+  table-wise and replicated tables with one collective per phase for all of them; a world of
+  one runs each table's plain lookup (no collectives).
+* :mod:`~terarec.distributed.shard_index`: direct-mapped shards (no hash) for tables whose keys
+  are row numbers (one-hot, ``slot_size_array``).
 * :mod:`~terarec.distributed.planner`: proposes / checks / prints / loads plans.
 * :mod:`~terarec.distributed.checkpoint`: per-rank shards, loadable on any number of ranks.
 * :mod:`~terarec.distributed.model_hooks`: what ``hugectr.Model`` calls when a job has ranks.

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from terarec.distributed import comm, state_format
+from terarec.distributed.shard_index import KeyMap, MappedDirectIndex
 from terarec.distributed.types import LookupContext
 from terarec.embedding.config import TableConfig
 from terarec.embedding.init import draw_seed
@@ -75,12 +76,32 @@ class ShardedTableBase(nn.Module):
         self._prepared: tuple[Arrays, bytes] | None = None
         self._loaded: tuple[np.ndarray, np.ndarray | None] | None = None
 
+    #: Whether a :class:`~terarec.distributed.fused.FusedLookup` may run this table together
+    #: with others (one collective per phase for all of them).
+    fusable = False
+    #: Whether a world of one runs the shard's own (unsharded) lookup.
+    local_shortcut = True
+
     # ------------------------------------------------------------------ shard
-    def _make_shard(self, capacity: int, index: str = "hash") -> EmbeddingTable:
+    def _make_shard(self, capacity: int, index: str = "hash",
+                    key_maps: tuple[KeyMap, KeyMap] | None = None) -> EmbeddingTable:
+        """This rank's shard; ``key_maps`` (key -> local row, row -> key) make a direct index
+        over local rows (:mod:`terarec.distributed.shard_index`) instead of ``index``."""
         cfg = dataclasses.replace(self.config, max_vocabulary_size=int(capacity))
-        shard = EmbeddingTable(cfg, self.device, torch.Generator().manual_seed(0), index=index)
+        shard = EmbeddingTable(cfg, self.device, torch.Generator().manual_seed(0),
+                               index="direct" if key_maps else index)
+        if key_maps is not None:
+            shard._index = MappedDirectIndex(int(capacity), self.device, self.config.name,
+                                             *key_maps)
+            shard.index_kind = "mapped"  # rows are not keys: keeps the one-hot GPU path off
         shard.seed = self.seed
         return shard
+
+    @property
+    def local_only(self) -> bool:
+        """A world of one: the shard is the whole table and a lookup is the plain table's
+        (no exchange, no de-duplication; the GPU fast path applies where it would)."""
+        return self.world == 1 and self.shard is not None and self.local_shortcut
 
     @property
     def name(self) -> str:
@@ -138,6 +159,9 @@ class ShardedTableBase(nn.Module):
         if sparse.slot_num != self.config.slot_num:
             raise ConfigError(f"SparseEmbedding {self.name!r} input {self.config.input_name!r}",
                               f"slot_num={self.config.slot_num}", sparse.slot_num)
+        if self.local_only:
+            assert self.shard is not None  # noqa: S101 - local_only says so
+            return self.shard(sparse)
         ctx = self.input_dist(sparse)
         return self.output_dist(ctx, self.lookup(ctx))
 

@@ -4,8 +4,13 @@ Builds one strategy module per table from the :class:`ShardingPlan` (registry
 :data:`terarec.distributed.types.STRATEGIES`, keyed by placement kind) and keeps the phase
 contract: ``input_dist`` (keys to owners) -> ``lookup`` (owners read their shards) ->
 ``output_dist`` (vectors back, pooled per sample; the backward sends gradients to the owners,
-where the fused sparse update runs). ``forward`` chains them. Each rank passes its own slice
-of the global batch; outputs are this rank's samples only.
+where the fused sparse update runs). Each rank passes its own slice of the global batch;
+outputs are this rank's samples only.
+
+``forward`` runs the row-wise, table-wise and replicated tables together through
+:class:`~terarec.distributed.fused.FusedLookup` (one collective per phase for all of them, not
+per table), then the others (column-wise, hybrid) one by one. In a world of one every table is
+its shard's plain lookup (no collectives at all). The per-table phase methods stay available.
 
 Every rank must call ``forward`` (and the backward) the same number of times in the same table
 order, as with any collective.
@@ -22,11 +27,13 @@ from torch import nn
 # Strategy modules register themselves on import.
 from terarec.distributed import (  # noqa: F401
     column_wise,
+    comm,
     hybrid,
     replicated,
     row_wise,
     table_wise,
 )
+from terarec.distributed.fused import FusedLookup
 from terarec.distributed.types import STRATEGIES
 from terarec.embedding.collection import TableGroupMixin
 from terarec.embedding.config import TableConfig
@@ -74,7 +81,9 @@ class ShardedEmbeddingCollection(TableGroupMixin, nn.Module):
         opts = options or {}
         self.tables = nn.ModuleDict({c.name: build_sharded_table(
             c, plan, device, generator, group, opts.get(c.name)) for c in self.configs})
-
+        self.world = comm.world_size(group)
+        fusable = [self.tables[c.name] for c in self.configs if self.tables[c.name].fusable]
+        self.fused = FusedLookup(fusable, group) if self.world > 1 and fusable else None
 
     def input_dist(self, sparse_inputs: dict[str, SparseInput]) -> dict[str, Any]:
         """Route each table's keys to their owners; returns one context per table."""
@@ -90,5 +99,20 @@ class ShardedEmbeddingCollection(TableGroupMixin, nn.Module):
                 for name in ctxs}
 
     def forward(self, sparse_inputs: dict[str, SparseInput]) -> dict[str, torch.Tensor]:
-        ctxs = self.input_dist(sparse_inputs)
-        return self.output_dist(ctxs, self.lookup(ctxs))
+        """``{input name: SparseInput}`` -> ``{table name: [batch, slot_num, dim]}`` (see the
+        module docstring for how the tables are grouped)."""
+        out: dict[str, torch.Tensor] = {}
+        if self.fused is not None:
+            fused_in = {}
+            for name in self.fused.names:
+                cfg = self.tables[name].config
+                sp = self.input_of(cfg, sparse_inputs)
+                if sp.slot_num != cfg.slot_num:
+                    raise ConfigError(f"SparseEmbedding {name!r} input {cfg.input_name!r}",
+                                      f"slot_num={cfg.slot_num}", sp.slot_num)
+                fused_in[name] = sp
+            out.update(self.fused(fused_in))
+        for cfg in self.configs:
+            if cfg.name not in out:
+                out[cfg.name] = self.tables[cfg.name](self.input_of(cfg, sparse_inputs))
+        return {cfg.name: out[cfg.name] for cfg in self.configs}

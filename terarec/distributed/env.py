@@ -3,7 +3,9 @@
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` say who this process is (torchrun, ``python -m torch.distributed.run``, or
 :func:`terarec.distributed.launch.launch_if_needed` set them). The backend is NCCL when CUDA
-is available and gloo otherwise; each process uses the GPU of its local rank. The collective
+is available and gloo otherwise (``TERAREC_DIST_BACKEND=gloo|nccl`` forces one); each NCCL
+process uses the GPU of its local rank, and a gloo job uses CPU tensors even on a machine with
+GPUs (:attr:`DistEnv.device`; gloo has no all-to-all of CUDA tensors). The collective
 timeout comes from ``TERAREC_DIST_TIMEOUT`` (seconds, default 1800) so that a rank that died
 turns into an error on the others instead of a hang.
 """
@@ -65,6 +67,13 @@ def env_from_vars() -> DistEnv:
 
 
 def default_backend() -> str:
+    """``TERAREC_DIST_BACKEND`` when set, else NCCL with CUDA and gloo without."""
+    forced = os.environ.get("TERAREC_DIST_BACKEND", "").strip().lower()
+    if forced:
+        if forced not in ("gloo", "nccl"):
+            raise ConfigError("environment variable TERAREC_DIST_BACKEND", '"gloo" or "nccl"',
+                              forced)
+        return forced
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 

@@ -60,6 +60,9 @@ class HybridTable(RowWiseTable):
         statistics_batches: training batches counted before choosing them.
     """
 
+    fusable = False  # its own hot-set exchange and statistics
+    local_shortcut = False
+
     def __init__(self, config: TableConfig, placement: TablePlacement,
                  device: torch.device | str | None, generator: torch.Generator | None,
                  group: dist.ProcessGroup | None = None, hot_keys: Any = None,

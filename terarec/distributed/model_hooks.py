@@ -10,10 +10,13 @@
   the whole global eval batch on every rank, so metrics equal a one-process run;
 * builds the tables from a placement plan (``build_tables``): ``TERAREC_SHARDING_PLAN`` =
   ``hugectr`` (default: by embedding type, ``HybridSparseEmbedding`` -> ``hybrid``), ``auto``
-  (the planner, memory from the device) or the path of a JSON plan; the plan is printed by
-  rank 0 before allocation; hybrid tables measure their hot rows (:func:`hybrid_options`);
+  (the planner, memory from the device) or the path of a JSON plan; placements the script
+  asked for itself (``EmbeddingCollectionConfig.shard``, :meth:`request_placements`) override
+  them; the plan is printed by rank 0 before allocation; hybrid tables measure their hot rows
+  (:func:`hybrid_options`);
 * wires the Engine's ``grad_sync`` (weighted all-reduce of dense gradients) and ``loss_sync``
-  (global-mean loss);
+  (global-mean loss), and its ``embed`` to the collection's ``forward`` so all tables of a
+  step share one collective per phase (:mod:`~terarec.distributed.fused`);
 * saves: every rank writes its shard (``{prefix}_shards_{iter}/``) and rank 0 writes HugeCTR's
   files from the tables gathered to it, the same files a one-process run writes.
 
@@ -22,6 +25,7 @@ The model object is duck-typed (this package never imports the facade).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +38,8 @@ from terarec.distributed.collection import ShardedEmbeddingCollection
 from terarec.distributed.data_parallel import DataParallel
 from terarec.distributed.launch import launch_if_needed
 from terarec.embedding.config import TableConfig
-from terarec.embedding.plan import ShardingPlan
+from terarec.embedding.plan import ShardingPlan, TablePlacement
+from terarec.errors import ConfigError
 
 
 class _ReaderView:
@@ -85,6 +90,8 @@ class DistributedModel:
         self.env = denv
         self.dp = DataParallel()
         self.plan: ShardingPlan | None = None
+        self.collection: ShardedEmbeddingCollection | None = None
+        self.requested: dict[str, TablePlacement] = {}
         model.rank = denv.rank
         model.world_size = denv.world_size
         model.device = denv.device
@@ -92,17 +99,29 @@ class DistributedModel:
         model.eval_reader.model = _ReaderView(model)
         model.train_reader = SlicedReader(model.train_reader, self.dp)
 
+    def request_placements(self, placements: dict[str, TablePlacement]) -> None:
+        """Placements chosen by the script (table name -> placement); they override the
+        ``TERAREC_SHARDING_PLAN`` choice for those tables."""
+        self.requested.update(placements)
+
     def choose_plan(self, configs: list[TableConfig], device: torch.device) -> ShardingPlan:
         choice = os.environ.get("TERAREC_SHARDING_PLAN", "hugectr")
         world = self.env.world_size
+        rest = [c for c in configs if c.name not in self.requested]
         if choice == "hugectr":
-            return planner.hugectr_plan(configs, world)
-        if choice == "auto":
+            plan = planner.hugectr_plan(rest, world)
+        elif choice == "auto":
             batch = max(1, int(self.model.solver.batchsize) // world)
             pc = planner.PlannerConfig(world, _device_memory(device),
                                        self.env.local_world_size, batch)
-            return planner.propose(configs, pc)
-        return planner.load_plan(choice, configs, world)
+            plan = planner.propose(rest, pc)
+        else:
+            plan = planner.load_plan(choice, rest, world)
+        names = {c.name for c in configs}
+        plan.placements.update({n: p for n, p in self.requested.items() if n in names})
+        plan = ShardingPlan({c.name: plan[c.name] for c in configs})
+        planner.check_plan(configs, plan, planner.PlannerConfig(world, 1 << 62))
+        return plan
 
     def build_tables(self, configs: list[TableConfig], device: torch.device,
                      generator: torch.Generator) -> dict[str, Any]:
@@ -113,11 +132,17 @@ class DistributedModel:
             print(f"Sharding plan ({self.env.world_size} ranks):\n{text}", flush=True)
         coll = ShardedEmbeddingCollection(configs, self.plan, device, generator,
                                           options=hybrid_options(configs, self.plan))
+        self.collection = coll
         return dict(coll.tables)
 
     def attach(self, engine: Any) -> None:
         engine.grad_sync = self.dp.grad_sync
         engine.loss_sync = self.dp.loss_sync
+        coll = self.collection
+        if coll is not None and len(coll.configs) > 1 and \
+                list(engine.tables) == [c.name for c in coll.configs]:
+            # the Engine looks tables up one by one; the collection does them all at once
+            engine.embed = functools.partial(fused_embed, coll, engine.table_inputs)
 
     def save_params_to_files(self, prefix: str, it: int,
                              write: Callable[[str, int], None]) -> None:
@@ -135,6 +160,17 @@ class DistributedModel:
             for t in tables.values():
                 t.clear_prepared()
         comm.barrier()
+
+
+def fused_embed(coll: ShardedEmbeddingCollection, table_inputs: dict[str, str],
+                batch: Any) -> dict[str, torch.Tensor]:
+    """``Engine.embed`` of a sharded model: every table of the step through the collection's
+    ``forward`` (one collective per phase for all fusable tables)."""
+    for name, input_name in table_inputs.items():
+        if input_name not in batch.sparse:
+            raise ConfigError(f"SparseEmbedding {name!r}.bottom_name",
+                              f"a sparse input of the batch {sorted(batch.sparse)}", input_name)
+    return coll(batch.sparse)
 
 
 def hybrid_options(configs: list[TableConfig], plan: ShardingPlan) -> dict[str, dict[str, Any]]:

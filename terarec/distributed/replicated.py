@@ -47,6 +47,8 @@ class _LocalPool(torch.autograd.Function):
 class ReplicatedTable(ShardedTableBase):
     """A full copy of the table on every rank of the group."""
 
+    fusable = True
+
     def __init__(self, config: TableConfig, placement: TablePlacement,
                  device: torch.device | str | None, generator: torch.Generator | None,
                  group: dist.ProcessGroup | None = None) -> None:

@@ -20,6 +20,8 @@ sparse optimizer step once, hit rows or not, so step counters match one-process 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from terarec.distributed import comm
@@ -37,6 +39,15 @@ def slots_of_keys(sparse: SparseInput) -> torch.Tensor:
     return torch.repeat_interleave(row_slot, sparse.lengths, output_size=sparse.keys.numel())
 
 
+def first_positions(inverse: torch.Tensor, num_unique: int) -> torch.Tensor:
+    """Position of the first occurrence of each distinct value, given ``torch.unique``'s
+    ``inverse`` (values in sorted order)."""
+    n = inverse.numel()
+    first = torch.full((num_unique,), n, dtype=torch.int64, device=inverse.device)
+    return first.scatter_reduce_(0, inverse, torch.arange(n, device=inverse.device),
+                                 reduce="amin")
+
+
 def first_occurrence_unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(first, inverse)``: position of the first occurrence of each distinct id, ordered by
     that position, and for every element the index of its id in that order."""
@@ -48,6 +59,16 @@ def first_occurrence_unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     rank_of = torch.empty_like(order)
     rank_of[order] = torch.arange(order.numel(), device=ids.device)
     return first[order], rank_of[inv]
+
+
+@dataclass
+class SendPlan:
+    """This rank's requests of one batch before the exchange (see ``plan_send``)."""
+
+    sparse: SparseInput
+    send: torch.Tensor  # [n, 2] (key, slot), grouped by owner rank
+    counts: torch.Tensor  # [world] requests per owner
+    key_to_send: torch.Tensor  # position in ``send`` of every key of ``sparse``
 
 
 class _RoutedPool(torch.autograd.Function):
@@ -67,7 +88,14 @@ class _RoutedPool(torch.autograd.Function):
 
 class RoutedTable(ShardedTableBase):
     """A table whose keys live on owner ranks (see module docstring); subclasses define
-    :meth:`owner`."""
+    :meth:`owner` (and :attr:`owner_by_key`)."""
+
+    fusable = True
+
+    @property
+    def owner_by_key(self) -> bool:
+        """Whether the owner of a key never depends on its slot (then one request per key)."""
+        return False
 
     def owner(self, keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Owner rank of each key (seen in ``slots``)."""
@@ -79,28 +107,52 @@ class RoutedTable(ShardedTableBase):
         return self.owner(keys, slots) == self.rank
 
     # ------------------------------------------------------------------ phases
-    def input_dist(self, sparse: SparseInput) -> LookupContext:
+    def plan_send(self, sparse: SparseInput) -> SendPlan:
+        """The local half of ``input_dist`` (no communication): this rank's distinct
+        (owner, key) requests grouped by owner, each with the slot of its first occurrence
+        here (the fused collection packs many tables' plans into one exchange)."""
         sparse = sparse.to(self.device)
         keys = sparse.keys.to(torch.int64)
         slots = slots_of_keys(sparse)
-        owners = self.owner(keys, slots)
-        _, key_inv = torch.unique(keys, return_inverse=True)
-        first, to_unique = first_occurrence_unique(key_inv * self.world + owners)
-        u_owner = owners[first]
-        perm = torch.argsort(u_owner, stable=True)
-        inv_perm = torch.empty_like(perm)
-        inv_perm[perm] = torch.arange(perm.numel(), device=perm.device)
-        send = torch.stack([keys[first[perm]], slots[first[perm]]], 1)
+        if self.owner_by_key:  # one request per distinct key
+            uniq, inv = torch.unique(keys, return_inverse=True)
+            first = first_positions(inv, uniq.numel())
+            u_owner = self.owner(uniq, slots[first])
+        else:  # one request per distinct (owner, key)
+            owners = self.owner(keys, slots)
+            _, key_inv = torch.unique(keys, return_inverse=True)
+            pairs, inv = torch.unique(key_inv * self.world + owners, return_inverse=True)
+            first = first_positions(inv, pairs.numel())
+            u_owner = owners[first]
+        if len(self.placement.ranks) > 1:
+            perm = torch.argsort(u_owner, stable=True)
+            inv_perm = torch.empty_like(perm)
+            inv_perm[perm] = torch.arange(perm.numel(), device=perm.device)
+            first, inv = first[perm], inv_perm[inv]
+        send = torch.stack([keys[first], slots[first]], 1)
         counts = torch.bincount(u_owner, minlength=self.world)
-        header = torch.stack([counts, torch.full_like(counts, sparse.batch_size)], 1)
-        got = comm.all_to_all_counts(header, self.group).tolist()
-        send_counts = counts.tolist()
-        recv_counts = [int(c) for c, _ in got]
-        recv = comm.all_to_all_rows(send, send_counts, recv_counts, self.group)
+        return SendPlan(sparse, send, counts, inv)
+
+    @staticmethod
+    def context(plan: SendPlan, send_counts: list[int], recv_counts: list[int],
+                recv: torch.Tensor, batch_sizes: list[int]) -> LookupContext:
+        """The lookup context of a plan once its keys were exchanged."""
         return LookupContext(
-            sparse=sparse, send_keys=send[:, 0], send_slots=send[:, 1],
-            key_to_send=inv_perm[to_unique], send_counts=send_counts, recv_counts=recv_counts,
-            recv_keys=recv[:, 0], recv_slots=recv[:, 1], batch_sizes=[int(b) for _, b in got])
+            sparse=plan.sparse, send_keys=plan.send[:, 0], send_slots=plan.send[:, 1],
+            key_to_send=plan.key_to_send, send_counts=send_counts, recv_counts=recv_counts,
+            recv_keys=recv[:, 0], recv_slots=recv[:, 1], batch_sizes=batch_sizes)
+
+    def input_dist(self, sparse: SparseInput) -> LookupContext:
+        plan = self.plan_send(sparse)
+        header = torch.stack([plan.counts, torch.full_like(plan.counts,
+                                                           plan.sparse.batch_size)], 1)
+        got = comm.all_to_all_counts(header, self.group)
+        both = torch.cat([header, got]).tolist()  # one host sync for both directions
+        send_counts = [int(c) for c, _ in both[: self.world]]
+        recv_counts = [int(c) for c, _ in both[self.world:]]
+        recv = comm.all_to_all_rows(plan.send, send_counts, recv_counts, self.group)
+        return self.context(plan, send_counts, recv_counts, recv,
+                            [int(b) for _, b in both[self.world:]])
 
     def lookup(self, ctx: LookupContext) -> torch.Tensor:
         if self.shard is None:
@@ -122,6 +174,11 @@ class RoutedTable(ShardedTableBase):
     def _exchange_and_pool(self, ctx: LookupContext, vectors: torch.Tensor) -> torch.Tensor:
         back = comm.all_to_all_rows(vectors.contiguous(), ctx.recv_counts, ctx.send_counts,
                                     self.group)
+        return self.pool_received(ctx, back)
+
+    def pool_received(self, ctx: LookupContext, back: torch.Tensor) -> torch.Tensor:
+        """Pool the vectors of this rank's requests (``back``, aligned with ``send_keys``)
+        per (sample, slot): ``[batch, slot_num, dim]``."""
         sp = ctx.sparse
         if sp.keys.numel() == 0:
             out = back.new_zeros(sp.offsets.numel() - 1, self.config.dim)
@@ -136,6 +193,12 @@ class RoutedTable(ShardedTableBase):
     def _route_gradients(self, ctx: LookupContext, grad_out: torch.Tensor) -> torch.Tensor:
         """Per requested key gradient (scaled by ``B_local / B_global``), sent to the owners;
         returns the rows this rank received (aligned with ``ctx.recv_keys``)."""
+        per_send = self.send_gradients(ctx, grad_out)
+        return comm.all_to_all_rows(per_send, ctx.send_counts, ctx.recv_counts, self.group)
+
+    def send_gradients(self, ctx: LookupContext, grad_out: torch.Tensor) -> torch.Tensor:
+        """Gradient of every requested key (aligned with ``send_keys``), scaled by
+        ``B_local / B_global``; no communication."""
         sp = ctx.sparse
         dim = self.config.dim
         grad = grad_out.reshape(-1, dim).to(torch.float32)
@@ -143,7 +206,7 @@ class RoutedTable(ShardedTableBase):
         per_send = torch.zeros(ctx.send_keys.numel(), dim, dtype=grad.dtype, device=grad.device)
         per_send.index_put_((ctx.key_to_send,), per_key, accumulate=True)
         per_send *= ctx.grad_weight
-        return comm.all_to_all_rows(per_send, ctx.send_counts, ctx.recv_counts, self.group)
+        return per_send
 
     def _apply_gradients(self, ctx: LookupContext, got: torch.Tensor) -> None:
         """The owner's fused optimizer step on the received gradients."""

@@ -5,6 +5,10 @@ assigned round-robin: the keys of slot ``i`` live on ``ranks[i mod len(ranks)]``
 "slot i -> GPU i mod N"). As in HugeCTR this assumes the slots of a Localized table use disjoint
 keys; a key seen in two slots owned by different ranks gets one row on each. Lookups and
 updates go through :mod:`terarec.distributed.routed`.
+
+Tables whose keys are row numbers (``LocalizedSlotSparseEmbeddingOneHot`` with its
+``slot_size_array``) keep a direct-mapped shard (no hash): whole, or the key ranges of the
+rank's slots stacked (:func:`terarec.distributed.shard_index.slot_ranges`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from terarec.distributed.routed import RoutedTable
+from terarec.distributed.shard_index import slot_ranges
 from terarec.distributed.types import STRATEGIES
 from terarec.embedding.config import TableConfig
 from terarec.embedding.plan import TablePlacement
@@ -37,12 +42,21 @@ class TableWiseTable(RoutedTable):
                 mine = [s for s in range(config.slot_num)
                         if placement.ranks[s % n] == self.rank]
                 cap = config.max_vocabulary_size
+                if config.slot_size_array and config.embedding_type in DIRECT_TYPES:
+                    to_local, to_global, cap = slot_ranges(config.slot_size_array, mine,
+                                                           self.device)
+                    self.shard = self._make_shard(cap, "direct", (to_local, to_global))
+                    return
                 if config.slot_size_array:
                     cap = max(1, sum(config.slot_size_array[s] for s in mine))
                 self.shard = self._make_shard(cap, "hash")
 
     def slots_needed(self) -> bool:
         return len(self.placement.ranks) > 1
+
+    @property
+    def owner_by_key(self) -> bool:
+        return len(self.placement.ranks) == 1  # slot-wise: the slot decides
 
     def owner(self, keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         n = len(self.placement.ranks)

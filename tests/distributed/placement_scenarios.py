@@ -61,7 +61,7 @@ def sharded(rank: int, world: int, kind: str, opt: str, update: str) -> dict[str
 
     cfgs = sc.configs(opt, update)
     coll = collection(kind, world, opt, update)
-    out = sc.train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world)
+    out = sc.train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world, collection=coll)
     out["tables"] = {n: t.export()[:2] for n, t in coll.tables.items()}
     out["opt"] = {}
     for c in cfgs:

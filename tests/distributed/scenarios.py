@@ -25,15 +25,22 @@ DENSE = 2
 LR = {"SGD": 0.5, "Adam": 0.05}
 
 
-def configs(opt: str, update: str = "Global") -> list[TableConfig]:
+def configs(opt: str, update: str = "Global", onehot: bool = False) -> list[TableConfig]:
+    """The three tables; ``onehot``: ``a`` and ``c`` are direct-mapped
+    ``LocalizedSlotSparseEmbeddingOneHot`` tables (keys are row numbers)."""
     o = OptimizerConfig(type=opt, update_type=update)
+    direct = "LocalizedSlotSparseEmbeddingOneHot"
     return [
         TableConfig("a", "in_a", dim=4, combiner="sum", slot_num=2, max_vocabulary_size=500,
-                    optimizer=o),
+                    optimizer=o, **({"embedding_type": direct, "slot_size_array": [250, 250]}
+                                    if onehot else {})),
         TableConfig("b", "in_b", dim=3, combiner="mean", slot_num=3, max_vocabulary_size=500,
                     optimizer=o),
-        TableConfig("c", "in_c", dim=4, combiner="sum", slot_num=2, max_vocabulary_size=500,
-                    embedding_type="LocalizedSlotSparseEmbeddingHash", optimizer=o),
+        TableConfig("c", "in_c", dim=4, combiner="sum", slot_num=2,
+                    max_vocabulary_size=2000 if onehot else 500,
+                    slot_size_array=[1000, 1000] if onehot else None,
+                    embedding_type=direct if onehot else "LocalizedSlotSparseEmbeddingHash",
+                    optimizer=o),
     ]
 
 
@@ -88,7 +95,10 @@ def _slice(b: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
 
 
 def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = None,
-          rank: int = 0, world: int = 1, device: str = "cpu") -> dict[str, Any]:
+          rank: int = 0, world: int = 1, device: str = "cpu", collection: Any = None
+          ) -> dict[str, Any]:
+    """Train on the batches; ``collection``: look every table up through its ``forward``
+    (the fused path) instead of table by table."""
     lin = head().to(device)  # plain SGD below: torch.optim would import torch._dynamo (seconds)
     for t in tables.values():
         t.set_learning_rate(LR[opt])
@@ -102,7 +112,11 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
         b = {"sparse": {k: v.to(device) for k, v in b["sparse"].items()},
              "dense": b["dense"].to(device), "label": b["label"].to(device)}
         lin.zero_grad()
-        pooled = [tables[c.name](b["sparse"][c.input_name]).flatten(1) for c in cfgs]
+        if collection is not None:
+            got = collection(b["sparse"])
+            pooled = [got[c.name].flatten(1) for c in cfgs]
+        else:
+            pooled = [tables[c.name](b["sparse"][c.input_name]).flatten(1) for c in cfgs]
         logits = lin(torch.cat([*pooled, b["dense"]], 1))
         loss = F.binary_cross_entropy_with_logits(logits, b["label"])
         loss.backward()
@@ -116,9 +130,9 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
     return {"losses": losses, "dense": [p.detach().cpu().clone() for p in lin.parameters()]}
 
 
-def reference(opt: str, update: str = "Global") -> dict[str, Any]:
+def reference(opt: str, update: str = "Global", onehot: bool = False) -> dict[str, Any]:
     """One process, unsharded tables."""
-    cfgs = configs(opt, update)
+    cfgs = configs(opt, update, onehot)
     g = torch.Generator().manual_seed(123)
     tables = {c.name: EmbeddingTable(c, generator=g) for c in cfgs}
     out = train(tables, cfgs, opt)
@@ -128,15 +142,16 @@ def reference(opt: str, update: str = "Global") -> dict[str, Any]:
 
 
 def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global",
-            device: str = "cpu") -> dict[str, Any]:
+            device: str = "cpu", fused: bool = True, onehot: bool = False) -> dict[str, Any]:
     from terarec.distributed import state_format
     from terarec.distributed.collection import ShardedEmbeddingCollection
     from terarec.distributed.data_parallel import DataParallel
 
-    cfgs = configs(opt, update)
+    cfgs = configs(opt, update, onehot)
     g = torch.Generator().manual_seed(123)
     coll = ShardedEmbeddingCollection(cfgs, plan_for(kind, world), device, generator=g)
-    out = train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world, device)
+    out = train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world, device,
+                coll if fused else None)
     out["tables"] = {n: t.export()[:2] for n, t in coll.tables.items()}
     out["opt"] = {}
     for c in cfgs:
@@ -148,12 +163,23 @@ def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global",
 
 def sharded_many(rank: int, world: int, cases: list[tuple[str, str]], cuda: bool = False
                  ) -> dict[str, Any]:
+    """Every case through the collection's (fused) forward, plus :data:`PER_TABLE` table by
+    table and :data:`ONEHOT` with direct-mapped tables."""
     device = f"cuda:{rank}" if cuda else "cpu"
-    return {f"{k}/{o}": sharded(rank, world, k, o, device=device) for k, o in cases}
+    out = {f"{k}/{o}": sharded(rank, world, k, o, device=device) for k, o in cases}
+    out.update({f"{k}/{o}/per_table": sharded(rank, world, k, o, device=device, fused=False)
+                for k, o in PER_TABLE})
+    out.update({f"{k}/{o}/onehot": sharded(rank, world, k, o, device=device, onehot=True)
+                for k, o in ONEHOT})
+    return out
 
 
 CASES = [(k, o) for k in ("row_wise", "table_wise", "replicated", "mixed")
          for o in ("SGD", "Adam")]
+#: also run table by table (each table's own collectives)
+PER_TABLE = [("mixed", "Adam")]
+#: also run with direct-mapped (one-hot) tables ``a`` and ``c``
+ONEHOT = [("table_wise", "SGD"), ("mixed", "Adam")]
 
 
 def save_shards_after(rank: int, world: int, kind: str, folder: str) -> dict[str, Any]:

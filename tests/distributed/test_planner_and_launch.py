@@ -106,3 +106,20 @@ def test_a_failing_rank_is_an_error_on_every_rank_not_a_hang():
     res = run_ranks(failing, 2, timeout=60, dist_timeout=5, raise_errors=False)
     assert "boom on rank 1" in res[1]["error"]
     assert not res[0]["ok"], "rank 0 should fail in its collective, not succeed or hang"
+
+
+def test_gloo_job_uses_cpu_tensors_on_a_machine_with_gpus(monkeypatch):
+    import torch
+
+    from terarec.distributed import env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert env.DistEnv(backend="gloo", local_rank=1).device == torch.device("cpu")
+    assert env.DistEnv(backend="nccl", local_rank=1).device == torch.device("cuda", 1)
+    assert env.default_backend() == "nccl"
+    monkeypatch.setenv("TERAREC_DIST_BACKEND", "gloo")
+    assert env.env_from_vars().device == torch.device("cpu")
+    monkeypatch.setenv("TERAREC_DIST_BACKEND", "mpi")
+    with pytest.raises(ConfigError, match="TERAREC_DIST_BACKEND"):
+        env.default_backend()

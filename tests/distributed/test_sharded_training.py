@@ -24,7 +24,9 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def refs():
-    return {o: sc.reference(o) for o in ("SGD", "Adam")}
+    out = {o: sc.reference(o) for o in ("SGD", "Adam")}
+    out.update({f"{o}/onehot": sc.reference(o, onehot=True) for o in ("SGD", "Adam")})
+    return out
 
 
 def by_key(keys, values) -> dict[int, np.ndarray]:
@@ -39,11 +41,15 @@ def assert_same_table(got: tuple, ref: tuple, what: str, tol: float = TOL) -> No
 
 
 def check_collection(results: list[dict], refs: dict, world: int, tol: float = TOL) -> None:
-    for kind, opt in sc.CASES:
-        ref = refs[opt]
+    cases = [(f"{k}/{o}", o) for k, o in sc.CASES]
+    cases += [(f"{k}/{o}/per_table", o) for k, o in sc.PER_TABLE]
+    cases += [(f"{k}/{o}/onehot", f"{o}/onehot") for k, o in sc.ONEHOT]
+    for case, ref_name in cases:
+        ref = refs[ref_name]
+        opt = ref_name.split("/")[0]
         for r, res in enumerate(results):
-            got = res["value"]["collection"][f"{kind}/{opt}"]
-            where = f"{world} ranks, rank {r}, {kind}/{opt}"
+            got = res["value"]["collection"][case]
+            where = f"{world} ranks, rank {r}, {case}"
             np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
             for a, b in zip(got["dense"], ref["dense"]):
                 np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tol, err_msg=where)
