@@ -15,6 +15,7 @@ training thread. A worker's error surfaces in ``next_batch`` with its original m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,6 +154,9 @@ class ReaderSlot:
             self._reader = self._build()
         if self._iter is None:
             self._prefetch = self._prefetcher(self._reader)
+            # The worker threads hold the prefetcher, not this slot: when the model and its
+            # slots are collected without close(), this stops the threads.
+            weakref.finalize(self, self._prefetch.close)
             self._iter = iter(self._prefetch)
             self._exhausted = False
         try:

@@ -36,11 +36,23 @@ def _model(src: str, sch, repeat: bool, bs: int = 100, num_workers: int = 2):
                            solver=solver, rank=0, world_size=1, device="cpu")
 
 
+_BASELINE: set = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_of_earlier_tests():
+    """Worker threads that other tests' models left running are not this test's leaks."""
+    _BASELINE.clear()
+    _BASELINE.update(live_threads())
+    yield
+
+
 def _wait_no_threads(timeout: float = 10.0) -> list:
+    """Worker threads started by this test that are still alive after ``timeout``."""
     end = time.time() + timeout
-    while live_threads() and time.time() < end:
+    while [t for t in live_threads() if t not in _BASELINE] and time.time() < end:
         time.sleep(0.05)
-    return live_threads()
+    return [t for t in live_threads() if t not in _BASELINE]
 
 
 @pytest.fixture
