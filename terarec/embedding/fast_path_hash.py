@@ -342,8 +342,17 @@ def _prepare(table: EmbeddingTable) -> None:
                                                                         table.config.dim)])
         table.row_slots = torch.cat([table.row_slots, table.row_slots.new_zeros(rows - have)])
         table.optimizer.grow(rows)
-    table._hash_bounds = table._bounds.to(table.device)
+    # weight.device, not table.device: a table built with device="cuda" has table.device ==
+    # cuda (no index) while its tensors are on cuda:0, and _ready compares tensor devices.
+    table._hash_bounds = table._bounds.to(table.weight.device)
     table._hash_ready = True
+
+
+def _ready(table: EmbeddingTable) -> bool:
+    """Whether :func:`_prepare` already ran for the table's current device (checked every step:
+    Python attributes and tensor ``.device`` only, no device access)."""
+    return (getattr(table, "_hash_ready", False) and isinstance(table.index, DeviceHashIndex)
+            and table._hash_bounds.device == table.weight.device)
 
 
 def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -416,8 +425,7 @@ def apply_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: torch.Ten
 
 def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
     """Pooled ``[B*slots, dim]`` through the hash index and fused kernels (see :func:`applies`)."""
-    if not getattr(table, "_hash_ready", False) or not isinstance(table.index, DeviceHashIndex) \
-            or table._hash_bounds.device != table.device:
+    if not _ready(table):  # once per table and device; everything below stays on the device
         _prepare(table)
     keys = sparse.keys.to(device=table.device, dtype=torch.int64).reshape(-1).contiguous()
     offsets = sparse.offsets.to(device=table.device, dtype=torch.int64).contiguous()

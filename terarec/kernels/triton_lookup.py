@@ -1,9 +1,15 @@
 """Triton pooled embedding lookup: one launch for one table or for all tables of a model.
 
-One program pools ``BLOCK_Q`` CSR rows x ``BLOCK_D`` columns: it walks the rows' lookups in
-lock-step (``j``-th lookup of every row at once), gathers the table rows with one 2-D load
-and accumulates in float32. Fixed hotness (offsets = arange*h) skips the offsets reads; the
-general CSR path loops to the longest row of the block with a mask.
+Two kernels, both accumulating in float32:
+
+* fixed hotness (offsets = arange*h, not read): one program pools ``BLOCK_Q`` CSR rows x
+  ``BLOCK_D`` columns, walking the rows' lookups in lock-step (``j``-th lookup of every row at
+  once, one 2-D gather);
+* general CSR: one program pools a few CSR rows one after the other, each in chunks of
+  ``BLOCK_J`` lookups (one ``[BLOCK_J, BLOCK_D]`` gather per chunk). Lock-step over rows of
+  skewed lengths (DCNv2: 1 to 100 lookups per slot) walked every row to the longest of its
+  block; per-row chunks cost ``ceil(len / BLOCK_J)`` rounds. Its loops have data-dependent
+  bounds and still compile with the sizes specialised (16-divisible ``D`` -> 16-byte loads).
 
 Multi-table: the tables are concatenated along rows (``table_offsets`` = first row of each),
 the CSR is table-major and the output is written sample-major ``[B, T*slots, D]`` directly,
@@ -31,22 +37,21 @@ def _gather_add(acc, w_ptr, rows_ptr, pos, base, m, d, dmask, w_stride):
     return acc + v.to(tl.float32)
 
 
-def _pool_impl(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+@triton.jit
+def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
                  n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
                  HOT: tl.constexpr, MULTI: tl.constexpr, MEAN: tl.constexpr,
-                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
+                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Fixed hotness ``HOT`` (offsets = arange*HOT, not read): ``BLOCK_Q`` CSR rows in
+    lock-step, the j-th lookup of every row gathered at once."""
     pid_q = tl.program_id(0)
     pid_d = tl.program_id(1)
     q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     qmask = q < n_q
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
-    if HOT > 0:
-        start = q * HOT
-        length = tl.full([BLOCK_Q], HOT, tl.int64)
-    else:
-        start = tl.load(offsets_ptr + q, mask=qmask, other=0)
-        length = tl.load(offsets_ptr + q + 1, mask=qmask, other=0) - start
+    start = q * HOT
+    length = tl.full([BLOCK_Q], HOT, tl.int64)
     if MULTI:
         t = q // rows_per_table
         base = tl.load(tbase_ptr + t, mask=qmask, other=0)
@@ -54,21 +59,8 @@ def _pool_impl(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
         t = q * 0
         base = q * 0
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
-    if HOT > 0:
-        for j in range(0, HOT):
-            acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask, d, dmask, w_stride)
-    else:
-        max_len = tl.max(tl.where(qmask, length, 0), axis=0)
-        if INTERP:  # the interpreter rejects range(tensor)
-            j = 0
-            while j < max_len:
-                acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask & (j < length),
-                                  d, dmask, w_stride)
-                j += 1
-        else:
-            for j in range(0, max_len):
-                acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask & (j < length),
-                                  d, dmask, w_stride)
+    for j in range(0, HOT):
+        acc = _gather_add(acc, w_ptr, rows_ptr, start + j, base, qmask, d, dmask, w_stride)
     if MEAN == 1:
         acc = acc / tl.maximum(length, 1).to(tl.float32)[:, None]
     elif MEAN == 2:
@@ -86,10 +78,63 @@ def _pool_impl(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
              acc.to(out_ptr.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
 
 
-_pool_kernel = triton.jit(_pool_impl)
-# General-CSR twin with the sizes left unspecialized: with D divisible by 16, Triton 3.6's
-# layout pass fails on the while/for over a data-dependent bound (32x128 tiles, sm_90).
-_pool_kernel_csr = triton.jit(_pool_impl, do_not_specialize=["D", "w_stride", "out_stride"])
+@triton.jit
+def _chunk_add(acc, w_ptr, rows_ptr, j, end, base, d, dmask, w_stride, BLOCK_J: tl.constexpr):
+    jj = j + tl.arange(0, BLOCK_J)
+    m = jj < end
+    r = tl.load(rows_ptr + jj, mask=m, other=0) + base
+    v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :], mask=m[:, None] & dmask[None, :],
+                other=0.0)
+    return acc + v.to(tl.float32)
+
+
+@triton.jit
+def _pool_csr_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+                     n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
+                     MULTI: tl.constexpr, MEAN: tl.constexpr, BAGS: tl.constexpr,
+                     BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
+    """General CSR: ``BAGS`` CSR rows per program, one after the other; each row's lookups are
+    summed ``BLOCK_J`` at a time (one ``[BLOCK_J, BLOCK_D]`` gather), so a program works
+    ``ceil(len / BLOCK_J)`` rounds per row whatever the lengths of its neighbours."""
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    for i in tl.static_range(BAGS):
+        q = tl.program_id(0).to(tl.int64) * BAGS + i
+        if q < n_q:
+            start = tl.load(offsets_ptr + q)
+            end = tl.load(offsets_ptr + q + 1)
+            if MULTI:
+                t = q // rows_per_table
+                base = tl.load(tbase_ptr + t)
+            else:
+                t = q * 0
+                base = q * 0
+            acc = tl.zeros([BLOCK_J, BLOCK_D], dtype=tl.float32)
+            if INTERP:  # the interpreter rejects range(tensor)
+                j = start
+                while j < end:
+                    acc = _chunk_add(acc, w_ptr, rows_ptr, j, end, base, d, dmask, w_stride,
+                                     BLOCK_J=BLOCK_J)
+                    j += BLOCK_J
+            else:
+                for j in range(start, end, BLOCK_J):
+                    acc = _chunk_add(acc, w_ptr, rows_ptr, j, end, base, d, dmask, w_stride,
+                                     BLOCK_J=BLOCK_J)
+            total = tl.sum(acc, axis=0)
+            length = end - start
+            if MEAN == 1:
+                total = total / tl.maximum(length, 1).to(tl.float32)
+            elif MEAN == 2:
+                flag = tl.load(mean_ptr + t)
+                total = total / tl.where(flag != 0, tl.maximum(length, 1), 1).to(tl.float32)
+            if MULTI:
+                rr = q - t * rows_per_table
+                b = rr // slots
+                out_row = b * (tables * slots) + t * slots + (rr - b * slots)
+            else:
+                out_row = q
+            tl.store(out_ptr + out_row * out_stride + d, total.to(out_ptr.dtype.element_ty),
+                     mask=dmask)
 
 
 def _blocks(dim: int) -> tuple[int, int, int]:
@@ -97,6 +142,19 @@ def _blocks(dim: int) -> tuple[int, int, int]:
     block_q = max(8, min(128, 4096 // block_d))
     num_warps = 4 if block_q * block_d <= 4096 else 8
     return block_q, block_d, num_warps
+
+
+_CSR_BAGS = 4  # CSR rows per program of the general-CSR kernel
+
+
+def _csr_blocks(dim: int, nnz: int, n_q: int) -> tuple[int, int, int]:
+    """(BLOCK_J, BLOCK_D, num_warps) of the general-CSR kernel: a lookup chunk about the mean
+    row length (from the sizes, no sync), tiles of at most 2048 elements."""
+    block_d = min(triton.next_power_of_2(max(dim, 1)), 256)
+    mean_len = max(1, nnz // max(n_q, 1))
+    block_j = max(2, min(triton.next_power_of_2(mean_len), 32, max(2, 2048 // block_d)))
+    warps = max(1, min(4, block_j * block_d // 512))
+    return block_j, block_d, warps
 
 
 def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
@@ -111,13 +169,19 @@ def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         return
     if weight.stride(1) != 1:
         raise ValueError("weight: expected unit stride along the embedding dimension")
-    block_q, block_d, warps = _blocks(dim)
-    grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
-    kernel = _pool_kernel if hot > 0 else _pool_kernel_csr
-    kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
-                       tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
-                       MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d,
-                       INTERP=C.interpreting(), num_warps=warps)
+    if hot > 0:
+        block_q, block_d, warps = _blocks(dim)
+        grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
+        _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
+                           tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
+                           MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps)
+        return
+    block_j, block_d, warps = _csr_blocks(dim, rows.numel(), n_q)
+    grid = (triton.cdiv(n_q, _CSR_BAGS), triton.cdiv(dim, block_d))
+    _pool_csr_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
+                           tables, dim, weight.stride(0), dim, MULTI=multi, MEAN=mean_mode,
+                           BAGS=_CSR_BAGS, BLOCK_J=block_j, BLOCK_D=block_d,
+                           INTERP=C.interpreting(), num_warps=warps)
 
 
 def _hotness(hotness: int | None, offsets: torch.Tensor, nnz: int) -> int:

@@ -72,9 +72,13 @@ def assert_same_tables(fast: EmbeddingTable, ref: EmbeddingTable, tol: float) ->
 
 def run_pair(opt: str, hyper: dict, combiner: str, device: str, steps: int, b: int, hot: int,
              vocab: int, dim: int = 8, etype: str = "LocalizedSlotSparseEmbeddingHash",
-             tol: float = 1e-5) -> tuple[EmbeddingTable, EmbeddingTable]:
-    fast = table(opt, hyper, combiner, device, dim, etype=etype)
-    ref = table(opt, hyper, combiner, device, dim, etype=etype)
+             tol: float = 1e-5, cap: int = 200) -> tuple[EmbeddingTable, EmbeddingTable]:
+    """``steps`` training steps of the fast and the reference table on the same batches. The
+    batches draw from ``vocab`` keys, which must fit in the capacity: past it the reference
+    raises CapacityError at once and the fast path at its next check (see the capacity test)."""
+    assert vocab <= cap, "run_pair compares tables below capacity"
+    fast = table(opt, hyper, combiner, device, dim, cap=cap, etype=etype)
+    ref = table(opt, hyper, combiner, device, dim, cap=cap, etype=etype)
     g = torch.Generator().manual_seed(2)
     for step in range(steps):
         sp = batch(g, b, hot, vocab, device)
@@ -151,12 +155,38 @@ def test_hash_path_switch_and_checkpoint_cpu(interp: object) -> None:
         np.testing.assert_array_equal(st2[sel], state[name][1])
 
 
-def test_hash_path_capacity_error_cpu(interp: object) -> None:
-    t = table("SGD", {}, "sum", "cpu", cap=10)
-    g = torch.Generator().manual_seed(3)
-    t(batch(g, 8, 3, 1000, "cpu"))  # ~60 distinct keys into 10 rows: flagged, not merged
+def capacity_overflow(device: str) -> None:
+    """~60 distinct keys into 10 rows: the reference raises at once; the fast path flags it on
+    the device (no sync), and raises at its next check (here: reading num_keys)."""
+    sp = batch(torch.Generator().manual_seed(3), 8, 3, 1000, device)
+    ref = table("SGD", {}, "sum", device, cap=10)
+    with use_triton(False), pytest.raises(CapacityError):
+        ref(sp)
+    fast = table("SGD", {}, "sum", device, cap=10)
+    fast(sp).sum().backward()  # the overflowing keys share the trash row
+    assert isinstance(fast.index, fast_path_hash.DeviceHashIndex)
     with pytest.raises(CapacityError):
-        _ = t.num_keys
+        _ = fast.num_keys
+
+
+def test_hash_path_capacity_error_cpu(interp: object) -> None:
+    capacity_overflow("cpu")
+
+
+def test_hash_path_prepares_once_cpu(interp: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch to the device index runs on the first step only, also for a table built
+    with a device spelt without its index ("cpu:0" here, "cuda" on GPU: tensors report
+    "cpu" / "cuda:0"), where comparing with table.device re-ran it (a host->device copy of the
+    init bounds) every step."""
+    calls = []
+    prepare = fast_path_hash._prepare
+    monkeypatch.setattr(fast_path_hash, "_prepare", lambda t: (calls.append(1), prepare(t)))
+    t = table("SGD", {}, "sum", "cpu:0")
+    g = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        t(batch(g, 3, 3, 20, "cpu")).sum().backward()
+    assert isinstance(t.index, fast_path_hash.DeviceHashIndex)
+    assert len(calls) == 1
 
 
 def test_tables_too_large_to_preallocate_keep_the_reference_path(interp: object) -> None:
@@ -177,8 +207,15 @@ def test_distributed_slot_type_cpu(interp: object) -> None:
 @pytest.mark.parametrize("combiner", ["sum", "mean"])
 @pytest.mark.parametrize(("opt", "hyper"), OPTS, ids=[o for o, _ in OPTS])
 def test_hash_path_matches_reference_cuda(opt: str, hyper: dict, combiner: str) -> None:
+    # Up to 3000 distinct keys (~2600 in the first batch) under a 4096-key capacity, as the
+    # CPU variant's 25 keys under 200 (the default 200 made the reference raise CapacityError).
     run_pair(opt, hyper, combiner, "cuda", steps=6, b=512, hot=8, vocab=3000, dim=64,
-             tol=1e-4)
+             tol=1e-4, cap=4096)
+
+
+@pytest.mark.gpu
+def test_hash_path_capacity_error_cuda() -> None:
+    capacity_overflow("cuda")
 
 
 @pytest.mark.gpu

@@ -49,6 +49,37 @@ def test_pooled_lookup_fixed_hotness(dev: torch.device, hot: int, hint: object) 
     assert rel_err(out, pool64(weight, rows, offsets, True)) < 1e-6
 
 
+@pytest.mark.parametrize("dim", [16, 128])
+@pytest.mark.parametrize("multi", [False, True])
+def test_pooled_lookup_skewed_lengths(dev: torch.device, dim: int, multi: bool) -> None:
+    """DCNv2-like sample-major CSR (row lengths 0..40 side by side): every row is summed to its
+    own end (the general-CSR kernel walks each row in chunks, not to its block's longest)."""
+    gen = torch.Generator().manual_seed(dim)
+    hot, b, vocab = [3, 40, 1, 0, 9, 1, 17, 2], 5, 50
+    lengths = torch.tensor(hot).repeat(b)
+    offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    nnz = int(offsets[-1])
+    w0, w1 = torch.randn(vocab, dim, generator=gen), torch.randn(vocab, dim, generator=gen)
+    r0, r1 = (torch.randint(0, vocab, (nnz,), generator=gen) for _ in range(2))
+    ref0 = pool64(w0, r0, offsets, True)
+    if not multi:
+        out = K.pooled_lookup(w0.to(dev), r0.to(dev), offsets.to(dev), True, hotness=0)
+        assert rel_err(out, ref0) < 1e-6
+        return
+    # two tables (table-major CSR, rows local to each table), mean for table 0 only
+    weight = torch.cat([w0, w1])
+    rows = torch.cat([r0, r1])
+    offs = torch.cat([offsets, offsets[1:] + nnz])
+    out = K.pooled_lookup_multi(weight.to(dev), rows.to(dev), offs.to(dev),
+                                torch.tensor([0, vocab]).to(dev), [True, False],
+                                slots=len(hot), hotness=0)
+    ref1 = pool64(w1, r1, offsets, False)
+    ref = torch.cat([ref0.view(b, len(hot), dim), ref1.view(b, len(hot), dim)], 1)
+    assert out.shape == (b, 2 * len(hot), dim)
+    assert rel_err(out, ref) < 1e-6
+
+
 @pytest.mark.parametrize("mean", [True, [True, False, True]])
 @pytest.mark.parametrize("slots", [1, 2])
 def test_pooled_lookup_multi(dev: torch.device, mean: object, slots: int) -> None:
