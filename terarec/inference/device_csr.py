@@ -157,7 +157,10 @@ def to_device_csr(dense_feature: Any, embeddingcolumns: Any, row_ptrs: Any,
         if host_rp is None and n_tables == 1:
             ok = ok & (off[0] == 0) & (off[-1] == n_keys)
         valid.append(ok)
-        offsets.append(torch.cummax(off.clamp(0, hi - lo), 0).values)
+        # Kernels must never see a decreasing or out-of-range offset, even before the sync
+        # that reports an invalid request: an invalid table's bags are all made empty. (A
+        # cummax did the same but its scan cost 4.7 ms per 1.7M offsets on an H200.)
+        offsets.append(torch.where(ok, off.clamp(0, hi - lo), torch.zeros_like(off)))
     dense = _to_device(dense_feature, device, np.float32).to(torch.float32).reshape(b, dense_dim)
     return DeviceCsr(b, dense, keys, [(lo, hi) for lo, hi, _ in segs], offsets,
                      torch.stack(valid) if valid else torch.ones(0, dtype=torch.bool,
