@@ -170,7 +170,7 @@ def test_tensor_request_returns_tensor(tmp_path: Path) -> None:
     dense, keys, rp, _ = request(6, np.random.default_rng(4))
     out = sess.predict(torch.from_numpy(dense), torch.from_numpy(keys), torch.from_numpy(rp))
     assert isinstance(out, torch.Tensor) and out.shape == (6,)
-    np.testing.assert_allclose(out.numpy(), sess.predict(dense, keys, rp), rtol=1e-6)
+    np.testing.assert_allclose(out.cpu().numpy(), sess.predict(dense, keys, rp), rtol=1e-6)
 
 
 def test_mixed_precision_runner_close_to_fp32() -> None:
