@@ -6,24 +6,32 @@ Usage:
     torchrun --nproc-per-node 2 benchmarks/scaling.py --criteo-1tb   # 104.5 GB row-wise
     python benchmarks/scaling.py --tiny                        # CPU smoke run (gloo, 1 and 2 ranks)
 
-Model: 13 dense features -> bottom MLP 512-256-128, 26 embedding tables (Criteo Kaggle
-cardinalities, rows capped by ``--max-rows`` when > 0), dim 128, dot interaction, top MLP
-1024-1024-512-256-1, BCE loss, SGD, batch 65,536 per GPU. Synthetic uniform keys. Tables are
-HugeCTR's one-hot ``LocalizedSlotSparseEmbeddingOneHot`` (keys are row numbers: direct-mapped
-shards, no hash; ``--index hash`` for hash tables). For each world size both systems run in the
-same processes, one after the other, on the same batches:
+Model: 13 dense features -> bottom MLP 512-256-128, 26 slots (Criteo Kaggle cardinalities, rows
+capped by ``--max-rows`` when > 0), dim 128, dot interaction, top MLP 1024-1024-512-256-1, BCE
+loss, SGD, batch 65,536 per GPU. Synthetic uniform keys, already on the device (no input
+pipeline in the timing). For each world size both systems run in the same processes, one after
+the other, on the same global batches (``--batches`` distinct ones, cycled):
 
-* ``terarec``: :class:`ShardedEmbeddingCollection` with the planner's plan (one collective per
-  phase for all tables, fused sparse update in the backward) + data-parallel dense (weighted
-  all-reduce through ``DataParallel``).
-* ``torch``: the peer written in plain PyTorch: DDP for the dense part and manual table-wise
-  placement (table ``t`` on rank ``t mod N``, ``nn.EmbeddingBag`` over the global batch, pooled
-  vectors redistributed with an autograd all-to-all, sparse SGD).
+* ``terarec``: the product's path, exactly what a HugeCTR script under torchrun runs:
+  ``CreateSolver(batchsize=global, vvgpu=[[0..N-1]], use_mixed_precision=True (CUDA),
+  use_cuda_graph=True)``, ``Input`` / one ``SparseEmbedding`` over the 26 slots
+  (``slot_size_array``; keys = slot offset + id) / ``DenseLayer`` MLP + Interaction + MLP + BCE,
+  ``compile()``, then ``model.train(batch)`` with this rank's slice of the global batch. The
+  table type is HugeCTR's ``LocalizedSlotSparseEmbeddingOneHot`` (``--index hash``:
+  ``LocalizedSlotSparseEmbeddingHash``), so on N ranks slot ``i`` lives on rank ``i mod N``
+  (``TERAREC_SHARDING_PLAN`` picks another plan, as for any script). On one rank this is the
+  one-process path (fused Triton lookup/update, the whole step in one CUDA graph).
+* ``torch``: the peer written in plain PyTorch: DDP for the dense part under bf16 autocast (as
+  ``train_throughput.py``'s peer) and manual table-wise placement (table ``t`` on rank
+  ``t mod N``, ``nn.EmbeddingBag`` over the global batch, pooled vectors redistributed with an
+  autograd all-to-all, sparse SGD).
 
-``--criteo-1tb``: the MLPerf DLRM-DCNv2 Criteo tables (performance_anchors.md 2.1: 26 tables,
+``--criteo-1tb``: the MLPerf DLRM-DCNv2 Criteo tables (performance_anchors.md 2.1: 26 slots,
 204,184,588 rows = 104.5 GB fp32 at dim 128) row-wise over every rank (2 H200: 52 GB each), the
 same DLRM dense part; terarec only (the peer would need 61 GB of table-wise tables on one GPU
-plus its sparse gradients), reports samples/s.
+plus its sparse gradients). ``--index direct`` (default): ``LocalizedSlotSparseEmbeddingOneHot``
+placed ``row_wise`` by a JSON plan in ``TERAREC_SHARDING_PLAN`` (striped direct shards);
+``--index hash``: ``DistributedSlotSparseEmbeddingHash`` (row-wise by HugeCTR's own rule).
 
 Prints samples/s (global and per GPU) and weak-scaling efficiency
 (throughput(N) / (N x throughput(1))) per system, and one JSON line per measurement. Under
@@ -38,6 +46,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -49,13 +58,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import terarec as hugectr  # noqa: E402
+from terarec.data.batch import Batch  # noqa: E402
 from terarec.distributed import env as denv  # noqa: E402
-from terarec.distributed.collection import ShardedEmbeddingCollection  # noqa: E402
-from terarec.distributed.data_parallel import DataParallel  # noqa: E402
-from terarec.distributed.planner import PlannerConfig, describe_plan, propose  # noqa: E402
-from terarec.embedding.config import TableConfig  # noqa: E402
 from terarec.embedding.plan import ShardingPlan, TablePlacement  # noqa: E402
-from terarec.optim.config import OptimizerConfig  # noqa: E402
 from terarec.sparse import SparseInput  # noqa: E402
 
 #: MLPerf DLRM-DCNv2 Criteo 1TB tables (40M cap): 204,184,588 rows, 104.5 GB fp32 at dim 128.
@@ -64,8 +70,127 @@ CRITEO_1TB = [40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 
               36]
 KAGGLE = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
           27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+LR = 0.01
 
 
+def make_batches(a: argparse.Namespace, rows: list[int], rank: int, world: int,
+                 device: torch.device) -> list[tuple[Batch, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor]]:
+    """``a.batches`` global batches (identical on every rank: seeded by their index), each as
+    (terarec: this rank's slice as a ``Batch`` with keys = slot offset + id; peer: the global
+    ``[B_global, slots]`` local ids, this rank's dense features and labels)."""
+    offs = torch.tensor([0, *rows[:-1]], dtype=torch.int64, device=device).cumsum(0)
+    card = torch.tensor(rows, dtype=torch.int64, device=device)
+    n, slots, lo = a.batch * world, len(rows), a.batch * rank
+    out = []
+    for i in range(getattr(a, "batches", 2)):
+        g = torch.Generator(device=device).manual_seed(1000 + i)
+        ids = (torch.rand(n, slots, generator=g, device=device, dtype=torch.float64)
+               * card).to(torch.int64).clamp_(max=card - 1)
+        dense = torch.rand(n, 13, generator=g, device=device)
+        labels = (torch.rand(n, 1, generator=g, device=device) < 0.3).float()
+        mine = slice(lo, lo + a.batch)
+        keys = (ids[mine] + offs).reshape(-1).contiguous()
+        offsets = torch.arange(a.batch * slots + 1, dtype=torch.int64, device=device)
+        batch = Batch(labels[mine].contiguous(), dense[mine].contiguous(),
+                      {"data1": SparseInput(keys, offsets, slots)})
+        out.append((batch, ids, dense[mine].contiguous(), labels[mine].contiguous()))
+    return out
+
+
+def embedding_type(a: argparse.Namespace) -> str:
+    if a.criteo_1tb and a.index == "hash":
+        return "DistributedSlotSparseEmbeddingHash"
+    return ("LocalizedSlotSparseEmbeddingOneHot" if a.index == "direct"
+            else "LocalizedSlotSparseEmbeddingHash")
+
+
+def use_row_wise_plan(a: argparse.Namespace, world: int, rank: int) -> None:
+    """``--criteo-1tb --index direct``: the one-hot table row-wise (striped) over every rank
+    through ``TERAREC_SHARDING_PLAN``, as a user would ask for it (a JSON plan)."""
+    path = Path(tempfile.gettempdir()) / f"terarec_scaling_plan_w{world}_r{rank}.json"
+    path.write_text(ShardingPlan({"emb": TablePlacement("row_wise", list(range(world)))})
+                    .to_json() + "\n")
+    os.environ["TERAREC_SHARDING_PLAN"] = str(path)
+
+
+def build_model(a: argparse.Namespace, world: int, device: torch.device,
+                rows: list[int]) -> hugectr.Model:
+    """The DLRM through the HugeCTR API (see module docstring)."""
+    cuda = device.type == "cuda"
+    solver = hugectr.CreateSolver(batchsize=a.batch * world, batchsize_eval=a.batch * world,
+                                  lr=LR, vvgpu=[list(range(world))] if cuda else None,
+                                  use_mixed_precision=cuda, use_cuda_graph=True, seed=0,
+                                  i64_input_key=True)
+    opt = hugectr.CreateOptimizer(optimizer_type=hugectr.Optimizer_t.SGD,
+                                  update_type=hugectr.Update_t.Local)
+    model = hugectr.Model(solver, None, opt)
+    model.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=13, dense_name="dense",
+                            data_reader_sparse_param_array=[
+                                hugectr.DataReaderSparseParam("data1", 1, True, len(rows))]))
+    model.add(hugectr.SparseEmbedding(embedding_type=getattr(hugectr.Embedding_t,
+                                                             embedding_type(a)),
+                                      slot_size_array=rows, embedding_vec_size=a.dim,
+                                      combiner="sum", sparse_embedding_name="emb",
+                                      bottom_name="data1", optimizer=opt))
+    L, A, D = hugectr.Layer_t, hugectr.Activation_t, hugectr.DenseLayer  # noqa: N806
+    model.add(D(layer_type=L.MLP, bottom_names=["dense"], top_names=["bot"],
+                num_outputs=a.bottom, act_type=A.Relu))
+    model.add(D(layer_type=L.Interaction, bottom_names=["bot", "emb"], top_names=["it"]))
+    model.add(D(layer_type=L.MLP, bottom_names=["it"], top_names=["logit"], num_outputs=a.top,
+                activations=[A.Relu] * (len(a.top) - 1) + [A.Non]))
+    model.add(D(layer_type=L.BinaryCrossEntropyLoss, bottom_names=["logit", "label"],
+                top_names=["loss"]))
+    model.compile()
+    return model
+
+
+def describe_path(model: hugectr.Model) -> dict:
+    """Which path the step took: table classes, fast path, whole-step / dense-only graph."""
+    e = model.engine
+    step_graph = e.step_graph.graph is not None
+    info = {"tables": {n: type(t).__name__ for n, t in e.tables.items()},
+            "placement": {n: getattr(getattr(t, "placement", None), "kind", "whole")
+                          for n, t in e.tables.items()},
+            "whole_step_graph": step_graph,
+            "dense_graph": bool(e._graph),
+            "grad_sync": e.grad_sync is not None, "loss_sync": e.loss_sync is not None,
+            "fused_embed": "embed" in vars(e)}
+    shards = {n: getattr(t, "shard", None) or t for n, t in e.tables.items()}
+    info["fast_path"] = {n: "direct" if getattr(sh, "_fast_ready", False) else
+                         "hash" if getattr(sh, "_hash_ready", False) else "none"
+                         for n, sh in shards.items()}
+    return info
+
+
+def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.device,
+                rows: list[int], batches: list) -> tuple[float, dict]:
+    if a.criteo_1tb and a.index == "direct" and world > 1:
+        use_row_wise_plan(a, world, rank)
+    t_build = time.perf_counter()
+    model = build_model(a, world, device, rows)
+    _sync(device)
+    if rank == 0:
+        print(f"terarec: hugectr.Model, SparseEmbedding({embedding_type(a)}, {len(rows)} slots, "
+              f"{sum(rows):,} rows x {a.dim}), {world} rank(s); built in "
+              f"{time.perf_counter() - t_build:.1f} s", flush=True)
+        if a.criteo_1tb:
+            print("placement: row_wise over every rank" if world > 1 else
+                  "placement: whole table on one device (row_wise over 1 rank)", flush=True)
+
+    def step(i: int) -> None:
+        model.train(batches[i % len(batches)][0])
+
+    dt = _timed(step, a, device, world)
+    info = describe_path(model)
+    loss = float(model._loss) if model._loss is not None else float("nan")
+    info["last_loss"] = loss
+    if rank == 0:
+        print(f"terarec path: {json.dumps(info)}", flush=True)
+    return a.batch * world / dt, info
+
+
+# ------------------------------------------------------------------------------ plain PyTorch
 def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
@@ -76,84 +201,21 @@ def mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
 
 
 class Dense(nn.Module):
-    """Bottom MLP, dot interaction, top MLP."""
+    """Bottom MLP, dot interaction (lower triangle + one zero column, as HugeCTR's
+    Interaction layer), top MLP."""
 
     def __init__(self, dim: int, bottom: list[int], top: list[int], n_tables: int) -> None:
         super().__init__()
         self.bottom = mlp([13, *bottom])
         n = n_tables + 1
-        self.top = mlp([dim + n * (n - 1) // 2, *top], last_act=False)
-        self.iu = torch.triu_indices(n, n, 1)
+        self.top = mlp([dim + n * (n - 1) // 2 + 1, *top], last_act=False)
+        self.register_buffer("li", torch.tril_indices(n, n, offset=-1), persistent=False)
 
     def forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         x = self.bottom(dense)
-        feats = torch.cat([x.unsqueeze(1), emb], 1)
-        inter = torch.bmm(feats, feats.transpose(1, 2))[:, self.iu[0], self.iu[1]]
-        return self.top(torch.cat([x, inter], 1))
-
-
-def make_batch(step: int, batch: int, rows: list[int], device: torch.device) -> tuple:
-    g = torch.Generator().manual_seed(step)
-    keys = torch.stack([torch.randint(0, r, (batch,), generator=g) for r in rows], 1)
-    dense = torch.randn(batch, 13, generator=g)
-    label = (torch.rand(batch, 1, generator=g) < 0.3).float()
-    return keys.to(device), dense.to(device), label.to(device)
-
-
-def table_configs(a: argparse.Namespace, rows: list[int]) -> list[TableConfig]:
-    """One table per feature: one-hot direct-mapped (HugeCTR's MLPerf DLRM tables) or hash."""
-    sgd = OptimizerConfig(type="SGD")
-    if a.index == "direct":
-        return [TableConfig(f"t{i}", f"s{i}", dim=a.dim, slot_num=1, max_vocabulary_size=r,
-                            slot_size_array=[r], embedding_type="LocalizedSlotSparseEmbeddingOneHot",
-                            optimizer=sgd) for i, r in enumerate(rows)]
-    return [TableConfig(f"t{i}", f"s{i}", dim=a.dim, slot_num=1, max_vocabulary_size=r,
-                        optimizer=sgd) for i, r in enumerate(rows)]
-
-
-def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.device,
-                rows: list[int]) -> float:
-    cfgs = table_configs(a, rows)
-    if a.criteo_1tb:
-        plan = ShardingPlan({c.name: TablePlacement("row_wise", list(range(world)))
-                             for c in cfgs})
-    else:
-        mem = torch.cuda.get_device_properties(device).total_memory * 0.7 \
-            if device.type == "cuda" else 64 << 30
-        plan = propose(cfgs, PlannerConfig(world, int(mem), batch_per_rank=a.batch))
-    if rank == 0:
-        print(describe_plan(cfgs, plan, world_size=world), flush=True)
-    t_build = time.perf_counter()
-    coll = ShardedEmbeddingCollection(cfgs, plan, device, torch.Generator().manual_seed(0))
-    _sync(device)
-    if rank == 0:
-        print(f"tables built in {time.perf_counter() - t_build:.1f} s", flush=True)
-    coll.set_learning_rate(0.01)
-    dense = Dense(a.dim, a.bottom, a.top, len(rows)).to(device)
-    dp = DataParallel()
-    lo = a.batch * rank
-    step_times = []
-    for step in range(a.warmup + a.steps):
-        keys, x, y = make_batch(step, a.batch * world, rows, device)
-        keys, x, y = keys[lo:lo + a.batch], x[lo:lo + a.batch], y[lo:lo + a.batch]
-        _sync(device)
-        t0 = time.perf_counter()
-        offsets = torch.arange(a.batch + 1, device=device)
-        sp = {f"s{i}": SparseInput(keys[:, i].contiguous(), offsets, 1) for i in range(len(rows))}
-        out = coll(sp)
-        emb = torch.cat([out[f"t{i}"] for i in range(len(rows))], 1)
-        loss = nn.functional.binary_cross_entropy_with_logits(dense(x, emb), y)
-        dense.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in dense.parameters()]
-        dp.weight = 1.0 / world
-        dp.grad_sync(grads)
-        with torch.no_grad():
-            for p in dense.parameters():
-                p -= 0.01 * p.grad
-        _sync(device)
-        step_times.append(time.perf_counter() - t0)
-    return _throughput(step_times[a.warmup:], a.batch * world, device, world)
+        feats = torch.cat([x.unsqueeze(1), emb.to(x.dtype)], 1)
+        inter = torch.bmm(feats, feats.transpose(1, 2))[:, self.li[0], self.li[1]]
+        return self.top(torch.cat([x, inter, x.new_zeros(x.shape[0], 1)], 1))
 
 
 class _PeerEmbeddings(nn.Module):
@@ -195,33 +257,51 @@ class _PeerEmbeddings(nn.Module):
 
 
 def run_torch(a: argparse.Namespace, rank: int, world: int, device: torch.device,
-              rows: list[int]) -> float:
+              rows: list[int], batches: list) -> float:
     emb = _PeerEmbeddings(rows, a.dim, rank, world, device)
     dense = Dense(a.dim, a.bottom, a.top, len(rows)).to(device)
     if world > 1:
         dense = nn.parallel.DistributedDataParallel(
             dense, device_ids=[device.index] if device.type == "cuda" else None)
-    dense_opt = torch.optim.SGD(dense.parameters(), lr=0.01)
-    sparse_opt = torch.optim.SGD(emb.parameters(), lr=0.01) if list(emb.parameters()) else None
-    lo = a.batch * rank
-    step_times = []
-    for step in range(a.warmup + a.steps):
-        keys, x, y = make_batch(step, a.batch * world, rows, device)
-        x, y = x[lo:lo + a.batch], y[lo:lo + a.batch]
-        _sync(device)
-        t0 = time.perf_counter()
-        e = emb(keys, a.batch)
-        loss = nn.functional.binary_cross_entropy_with_logits(dense(x, e), y)
+    dense_opt = torch.optim.SGD(dense.parameters(), lr=LR, foreach=True)
+    sparse_opt = torch.optim.SGD(emb.parameters(), lr=LR) if list(emb.parameters()) else None
+    cuda = device.type == "cuda"
+
+    def step(i: int) -> None:
+        _, ids, x, y = batches[i % len(batches)]
         dense_opt.zero_grad(set_to_none=True)
         if sparse_opt is not None:
             sparse_opt.zero_grad(set_to_none=True)
+        e = emb(ids, a.batch)  # fp32 lookups and exchange, as nn.EmbeddingBag gives them
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = dense(x, e)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         loss.backward()
         dense_opt.step()
         if sparse_opt is not None:
             sparse_opt.step()
-        _sync(device)
-        step_times.append(time.perf_counter() - t0)
-    return _throughput(step_times[a.warmup:], a.batch * world, device, world)
+
+    dt = _timed(step, a, device, world)
+    return a.batch * world / dt
+
+
+def _timed(step, a: argparse.Namespace, device: torch.device, world: int) -> float:  # noqa: ANN001
+    """Seconds per step: ``a.warmup`` untimed steps, then ``a.steps`` back to back (the host
+    enqueues ahead of the device, as in training) with one synchronisation at the end; the
+    slowest rank's."""
+    for i in range(a.warmup):
+        step(i)
+    _sync(device)
+    if world > 1:
+        dist.barrier()
+    t0 = time.perf_counter()
+    for i in range(a.steps):
+        step(a.warmup + i)
+    _sync(device)
+    t = torch.tensor([(time.perf_counter() - t0) / max(a.steps, 1)], device=device)
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _sync(device: torch.device) -> None:
@@ -229,13 +309,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _throughput(times: list[float], samples: int, device: torch.device, world: int) -> float:
-    """Global samples/s from the median step time (robust to a preempted step on a shared
-    machine), the slowest rank's."""
-    t = torch.tensor([sorted(times)[len(times) // 2] if times else float("inf")], device=device)
-    if world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return samples / float(t)
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _measure(a: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict:
@@ -244,13 +323,16 @@ def _measure(a: argparse.Namespace, rank: int, world: int, device: torch.device)
         torch.set_num_threads(1)
     base = CRITEO_1TB if a.criteo_1tb else KAGGLE
     rows = [min(r, a.max_rows) if a.max_rows > 0 else r for r in base]
-    res = {"world": world, "batch_per_rank": a.batch, "tables": "criteo_1tb" if a.criteo_1tb
-           else "kaggle", "rows": sum(rows), "dim": a.dim, "index": a.index,
+    res = {"api": "hugectr.Model", "world": world, "batch_per_rank": a.batch,
+           "tables": "criteo_1tb" if a.criteo_1tb else "kaggle", "rows": sum(rows),
+           "dim": a.dim, "index": a.index,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    res["terarec"] = run_terarec(a, rank, world, device, rows)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    res["torch"] = run_torch(a, rank, world, device, rows) if a.peer else None
+    batches = make_batches(a, rows, rank, world, device)
+    # the peer first, on a pristine process (terarec's compile sets global precision flags)
+    res["torch"] = run_torch(a, rank, world, device, rows, batches) if a.peer else None
+    _free(device)
+    res["terarec"], res["terarec_path"] = run_terarec(a, rank, world, device, rows, batches)
+    _free(device)
     return res
 
 
@@ -286,7 +368,7 @@ def _torchrun(a: argparse.Namespace) -> list[dict]:
     with open(a.results, "a") as f:
         f.write(json.dumps(res) + "\n")
     same = [json.loads(line) for line in Path(a.results).read_text().splitlines() if line]
-    keys = ("batch_per_rank", "tables", "rows", "dim", "index", "device")
+    keys = ("api", "batch_per_rank", "tables", "rows", "dim", "index", "device")
     latest: dict[int, dict] = {}
     for r in same:
         if all(r.get(k) == res[k] for k in keys):
@@ -323,6 +405,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; tiny 10)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5; tiny 3)")
     p.add_argument("--index", choices=("direct", "hash"), default="direct")
+    p.add_argument("--batches", type=int, default=4, help="distinct global batches, cycled")
     p.add_argument("--criteo-1tb", action="store_true",
                    help="MLPerf Criteo 1TB tables (104.5 GB) row-wise over every rank")
     p.add_argument("--no-peer", dest="peer", action="store_false",
@@ -337,7 +420,7 @@ def main() -> None:
     if a.criteo_1tb:
         a.peer = False
     if a.tiny:
-        a.gpus, a.batch, a.dim = "1,2", 256, 16
+        a.gpus, a.batch, a.dim, a.batches = "1,2", 256, 16, 2
         a.max_rows = a.max_rows or 1000
         a.bottom, a.top = [32, 16], [32, 1]
     warnings.filterwarnings("ignore", category=FutureWarning)

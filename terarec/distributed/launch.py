@@ -2,8 +2,8 @@
 
 :func:`launch_if_needed` is called by ``hugectr.Model(...)``:
 
-* Already inside a job (``WORLD_SIZE`` set by torchrun or by this launcher): initialise the
-  process group from the environment and return.
+* Already inside a job (``WORLD_SIZE`` set by torchrun or by this launcher, 1 included):
+  initialise the process group from the environment (none for a world of one) and return.
 * ``vvgpu`` names one GPU, or ``TERAREC_LAUNCH=0``: one process, nothing to do.
 * ``vvgpu`` names N > 1 GPUs but this machine has fewer CUDA devices: one process trains the
   global batch on one device, and a log line says so.
@@ -45,7 +45,9 @@ def gpus_named(vvgpu: list[list[int]] | None) -> int:
 def launch_if_needed(vvgpu: list[list[int]] | None) -> DistEnv:
     """Make sure there is one process per named GPU (see module docstring); returns this
     process's :class:`DistEnv` (``world_size == 1`` for a single process)."""
-    if os.environ.get("WORLD_SIZE") not in (None, "", "1"):
+    if os.environ.get("WORLD_SIZE") not in (None, ""):
+        # inside a launcher's job (torchrun, this module): its WORLD_SIZE rules, even 1 with a
+        # multi-GPU vvgpu (never re-launched; a world of one is the one-process path)
         return env.init_from_env()
     if env.is_initialized():
         return env.current()

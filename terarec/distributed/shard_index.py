@@ -71,7 +71,7 @@ def slot_ranges(slot_sizes: list[int], mine: list[int],
     bases = torch.cumsum(sizes, 0) - sizes
 
     def to_local(k: torch.Tensor) -> torch.Tensor:
-        i = (torch.searchsorted(starts, k, right=True) - 1).clamp(min=0)
+        i = (torch.searchsorted(starts, k.contiguous(), right=True) - 1).clamp(min=0)
         inside = (k >= starts[i]) & (k < starts[i] + sizes[i])
         return torch.where(inside, k - starts[i] + bases[i], torch.full_like(k, -1))
 

@@ -41,3 +41,26 @@ def test_criteo_1tb_tables_row_wise_hash_index(scaling, capsys):
                            torch.device("cpu"))
     assert res["tables"] == "criteo_1tb" and res["torch"] is None and res["terarec"] > 0
     assert "row_wise" in capsys.readouterr().out
+
+
+def test_world_of_one_under_torchrun_is_the_one_process_path(scaling, monkeypatch, tmp_path):
+    """torchrun --nproc-per-node 1 (WORLD_SIZE=1, a world-1 group, a multi-GPU vvgpu): no
+    re-launch, no distributed hooks, so the fast path and the CUDA graphs stay available."""
+    import torch.distributed as dist
+
+    from terarec.distributed.launch import launch_if_needed
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TERAREC_LAUNCH_CPU", "1")  # would re-launch if WORLD_SIZE were ignored
+    assert launch_if_needed([[0, 1]]).world_size == 1
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        model = scaling.build_model(args(), 1, torch.device("cpu"), [50] * 26)
+        e = model.engine
+        assert model._dist is None and e.grad_sync is None and e.loss_sync is None
+        assert "embed" not in vars(e)
+        assert type(e.tables["emb"]).__name__ == "EmbeddingTable"
+    finally:
+        dist.destroy_process_group()
