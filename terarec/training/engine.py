@@ -110,7 +110,9 @@ class Engine(nn.Module):
         """The captured dense step for these shapes (built on first use), else None."""
         from terarec.kernels import backend_for
 
-        if self.device.type != "cuda" or self.grad_sync is not None or self.dense_frozen \
+        # grad_sync (the data-parallel all-reduce) runs eagerly on the gradients the graphed
+        # backward accumulated, so a data-parallel step keeps the dense-only graph.
+        if self.device.type != "cuda" or self.dense_frozen \
                 or backend_for(batch.dense) != "triton":
             return None
         key = (tuple(batch.dense.shape), tuple(batch.labels.shape),
