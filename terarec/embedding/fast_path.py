@@ -126,29 +126,34 @@ def _out_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class _FusedLookup(torch.autograd.Function):
-    """forward: Triton pooled lookup; backward: Triton per-row sums + optimizer, in place."""
+class FusedLookup(torch.autograd.Function):
+    """forward: Triton pooled lookup; backward: Triton per-row sums + optimizer, in place.
+
+    ``hotness``: 1 for the one-hot tables here, 0 (general CSR) for the hash tables of
+    :mod:`terarec.embedding.fast_path_hash`.
+    """
 
     @staticmethod
-    def forward(ctx, anchor, table, rows, offsets, out_dtype):  # noqa: ANN001, ANN205
+    def forward(ctx, anchor, table, rows, offsets, out_dtype, hotness):  # noqa: ANN001, ANN205
         from terarec.kernels import pooled_lookup
 
         ctx.table = table
+        ctx.hotness = hotness
         ctx.save_for_backward(rows, offsets)
         return pooled_lookup(table.weight, rows, offsets, table.config.combiner == "mean",
-                             out_dtype, hotness=1)
+                             out_dtype, hotness=hotness)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         rows, offsets = ctx.saved_tensors
-        apply_fused_gradient(ctx.table, rows, offsets, grad_out)
-        return None, None, None, None, None
+        apply_fused_gradient(ctx.table, rows, offsets, grad_out, ctx.hotness)
+        return None, None, None, None, None, None
 
 
 @torch.no_grad()
 def apply_fused_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: torch.Tensor,
-                         grad_out: torch.Tensor) -> None:
-    """One fused backward + optimizer step of the rows looked up in the forward."""
+                         grad_out: torch.Tensor, hotness: int = 1) -> None:
+    """One fused backward + optimizer step of the rows looked up in the forward (no sync)."""
     if table.frozen:
         return
     from terarec.kernels import fused_backward_update
@@ -166,7 +171,7 @@ def apply_fused_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: tor
         _KERNEL_RULES[cfg.type], 1.0 if factor is not None else opt.lr,
         momentum_factor=cfg.momentum_factor, beta1=cfg.beta1, beta2=cfg.beta2,
         epsilon=cfg.epsilon, lambda1=cfg.lambda1, lambda2=cfg.lambda2, step=opt.t,
-        grad_scale=1.0 / opt.scaler, hotness=1, return_unique=False, lr_factor=factor)
+        grad_scale=1.0 / opt.scaler, hotness=hotness, return_unique=False, lr_factor=factor)
 
 
 def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
@@ -182,4 +187,4 @@ def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
         return pooled_lookup(table.weight, rows, offsets, table.config.combiner == "mean",
                              out_dtype, hotness=1)
     anchor = torch.empty(0, device=table.device, requires_grad=True)
-    return _FusedLookup.apply(anchor, table, rows, offsets, out_dtype)
+    return FusedLookup.apply(anchor, table, rows, offsets, out_dtype, 1)

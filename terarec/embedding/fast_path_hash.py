@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from terarec.embedding import fast_path
-from terarec.embedding.hash_index import HashIndex
+from terarec.embedding.hash_index import HashIndex, KeyIndexBase
 from terarec.embedding.init import init_vectors, slots_of_positions
 from terarec.embedding.mix import mix64
 from terarec.embedding.types import InsertResult
@@ -166,7 +166,7 @@ def lookup_or_insert_torch(keys: torch.Tensor, slot_keys: torch.Tensor, slot_row
 
 
 # ------------------------------------------------------------------ the index
-class DeviceHashIndex:
+class DeviceHashIndex(KeyIndexBase):
     """Hash index over preallocated device arrays (see the module docstring).
 
     Args:
@@ -174,16 +174,6 @@ class DeviceHashIndex:
         device: where the index tensors live.
         name: table name used in error messages.
     """
-
-    def __init__(self, capacity: int, device: torch.device | str | None = None,
-                 name: str = "") -> None:
-        if capacity <= 0:
-            raise CapacityError(f"embedding table {name!r}: capacity must be positive, "
-                                f"got {capacity}")
-        self.capacity = int(capacity)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.name = name
-        self.clear()
 
     @classmethod
     def from_keys(cls, capacity: int, device: torch.device, name: str,
@@ -383,46 +373,6 @@ def _rows_of(table: EmbeddingTable, keys: torch.Tensor, offsets: torch.Tensor) -
     return rows
 
 
-class _HashLookup(torch.autograd.Function):
-    """forward: Triton pooled lookup (general CSR); backward: fused sums + optimizer."""
-
-    @staticmethod
-    def forward(ctx, anchor, table, rows, offsets, out_dtype):  # noqa: ANN001, ANN205
-        from terarec.kernels import pooled_lookup
-
-        ctx.table = table
-        ctx.save_for_backward(rows, offsets)
-        return pooled_lookup(table.weight, rows, offsets, table.config.combiner == "mean",
-                             out_dtype, hotness=0)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
-        rows, offsets = ctx.saved_tensors
-        apply_gradient(ctx.table, rows, offsets, grad_out)
-        return None, None, None, None, None
-
-
-@torch.no_grad()
-def apply_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: torch.Tensor,
-                   grad_out: torch.Tensor) -> None:
-    """One fused backward + optimizer step of the rows looked up in the forward (no sync)."""
-    if table.frozen:
-        return
-    from terarec.kernels import fused_backward_update
-
-    opt = table.optimizer
-    opt.t += 1
-    cfg = opt.config
-    factor = getattr(table, "lr_factor", None)
-    fused_backward_update(
-        grad_out.reshape(-1, table.config.dim), rows, offsets,
-        table.config.combiner == "mean", table.weight, opt.states,
-        fast_path._KERNEL_RULES[cfg.type], 1.0 if factor is not None else opt.lr,
-        momentum_factor=cfg.momentum_factor, beta1=cfg.beta1, beta2=cfg.beta2,
-        epsilon=cfg.epsilon, lambda1=cfg.lambda1, lambda2=cfg.lambda2, step=opt.t,
-        grad_scale=1.0 / opt.scaler, hotness=0, return_unique=False, lr_factor=factor)
-
-
 def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
     """Pooled ``[B*slots, dim]`` through the hash index and fused kernels (see :func:`applies`)."""
     if not _ready(table):  # once per table and device; everything below stays on the device
@@ -437,4 +387,4 @@ def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
         return pooled_lookup(table.weight, rows, offsets, table.config.combiner == "mean",
                              out_dtype, hotness=0)
     anchor = torch.empty(0, device=table.device, requires_grad=True)
-    return _HashLookup.apply(anchor, table, rows, offsets, out_dtype)
+    return fast_path.FusedLookup.apply(anchor, table, rows, offsets, out_dtype, 0)

@@ -45,7 +45,7 @@ def _capacity_error(name: str, capacity: int, needed: int) -> CapacityError:
     )
 
 
-class _KeyIndexBase:
+class KeyIndexBase:
     """What both indexes share: capacity, device, the table name for errors, ``clear()``."""
 
     def __init__(self, capacity: int, device: torch.device | str | None = None,
@@ -62,7 +62,7 @@ class _KeyIndexBase:
         raise NotImplementedError
 
 
-class HashIndex(_KeyIndexBase):
+class HashIndex(KeyIndexBase):
     """Vectorised open-addressing hash index (see module docstring).
 
     Args:
@@ -190,7 +190,7 @@ class HashIndex(_KeyIndexBase):
         return torch.arange(self._num_keys, device=self.device)
 
 
-class DirectIndex(_KeyIndexBase):
+class DirectIndex(KeyIndexBase):
     """Direct-mapped index: key ``k`` lives in row ``k``; keys must be in ``[0, capacity)``."""
 
 
