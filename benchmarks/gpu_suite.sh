@@ -5,6 +5,7 @@
 #   train     training throughput: DLRM (peer + terarec, profile), DCNv2 and DCN
 #   inference predict samples/s of the inference session vs Model.predict
 #   data      reader rows/s with 16 workers
+#   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 GPUs, the Criteo 1TB tables on 2 GPUs
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -33,4 +34,19 @@ fi
 if [[ $what == data || $what == all ]]; then
   timeout 240 python3 benchmarks/data_readers.py --workers 16 > "$OUT/bench_data.txt" 2>&1
   tail -15 "$OUT/bench_data.txt"
+fi
+if [[ $what == dist ]]; then
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  timeout 240 python3 -m pytest -q -rf -m multigpu -p no:cacheprovider tests/distributed \
+    tests/compat > "$OUT/multigpu_tests.txt" 2>&1
+  tail -3 "$OUT/multigpu_tests.txt"; grep -E "^FAILED|^ERROR" "$OUT/multigpu_tests.txt" | head
+  res="$OUT/scaling.jsonl"; rm -f "$res"
+  for n in 1 2; do
+    timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py --steps 20 \
+      --warmup 5 --results "$res" > "$OUT/scaling_$n.txt" 2>&1
+    grep -E "terarec path|^\|" "$OUT/scaling_$n.txt" | tail -5
+  done
+  timeout 300 torchrun --standalone --nproc-per-node 2 benchmarks/scaling.py --criteo-1tb \
+    --steps 10 --warmup 3 --results "$OUT/criteo1tb.jsonl" > "$OUT/criteo1tb.txt" 2>&1
+  grep -E "placement|terarec path|^\|" "$OUT/criteo1tb.txt" | tail -5
 fi

@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/scaling.py --gpus 1,2                    # spawns 1 then 2 ranks (NCCL)
     torchrun --nproc-per-node 2 benchmarks/scaling.py          # one world size per launch
-    torchrun --nproc-per-node 2 benchmarks/scaling.py --criteo-1tb   # 104.5 GB row-wise
+    torchrun --nproc-per-node 2 benchmarks/scaling.py --criteo-1tb   # 104.5 GB over 2 GPUs
     python benchmarks/scaling.py --tiny                        # CPU smoke run (gloo, 1 and 2 ranks)
 
 Model: 13 dense features -> bottom MLP 512-256-128, 26 slots (Criteo Kaggle cardinalities, rows
@@ -27,11 +27,13 @@ the other, on the same global batches (``--batches`` distinct ones, cycled):
   autograd all-to-all, sparse SGD).
 
 ``--criteo-1tb``: the MLPerf DLRM-DCNv2 Criteo tables (performance_anchors.md 2.1: 26 slots,
-204,184,588 rows = 104.5 GB fp32 at dim 128) row-wise over every rank (2 H200: 52 GB each), the
-same DLRM dense part; terarec only (the peer would need 61 GB of table-wise tables on one GPU
-plus its sparse gradients). ``--index direct`` (default): ``LocalizedSlotSparseEmbeddingOneHot``
-placed ``row_wise`` by a JSON plan in ``TERAREC_SHARDING_PLAN`` (striped direct shards);
-``--index hash``: ``DistributedSlotSparseEmbeddingHash`` (row-wise by HugeCTR's own rule).
+204,184,588 rows = 104.5 GB fp32 at dim 128) over every rank, the same DLRM dense part; terarec
+only (the peer would need 61 GB of table-wise tables on one GPU plus its sparse gradients).
+``--index direct`` (default): ``LocalizedSlotSparseEmbeddingOneHot``, slot ``i`` on rank
+``i mod N`` (``--plan slot_wise``, HugeCTR's placement: the fixed-size slot exchange; 2 ranks
+hold 43 / 61 GB) or striped row-wise by a JSON plan in ``TERAREC_SHARDING_PLAN``
+(``--plan row_wise``: 52 GB each, the routed exchange); ``--index hash``:
+``DistributedSlotSparseEmbeddingHash`` (row-wise by HugeCTR's own rule).
 
 Prints samples/s (global and per GPU) and weak-scaling efficiency
 (throughput(N) / (N x throughput(1))) per system, and one JSON line per measurement. Under
@@ -155,7 +157,9 @@ def describe_path(model: hugectr.Model) -> dict:
             "whole_step_graph": step_graph,
             "dense_graph": bool(e._graph),
             "grad_sync": e.grad_sync is not None, "loss_sync": e.loss_sync is not None,
-            "fused_embed": "embed" in vars(e)}
+            "fused_embed": "embed" in vars(e),
+            "fixed_exchange_steps": {n: t._exchange._steps for n, t in e.tables.items()
+                                     if getattr(t, "_exchange", None) is not None}}
     shards = {n: getattr(t, "shard", None) or t for n, t in e.tables.items()}
     info["fast_path"] = {n: "direct" if getattr(sh, "_fast_ready", False) else
                          "hash" if getattr(sh, "_hash_ready", False) else "none"
@@ -165,7 +169,7 @@ def describe_path(model: hugectr.Model) -> dict:
 
 def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.device,
                 rows: list[int], batches: list) -> tuple[float, dict]:
-    if a.criteo_1tb and a.index == "direct" and world > 1:
+    if a.criteo_1tb and a.index == "direct" and world > 1 and a.plan == "row_wise":
         use_row_wise_plan(a, world, rank)
     t_build = time.perf_counter()
     model = build_model(a, world, device, rows)
@@ -175,8 +179,10 @@ def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.devi
               f"{sum(rows):,} rows x {a.dim}), {world} rank(s); built in "
               f"{time.perf_counter() - t_build:.1f} s", flush=True)
         if a.criteo_1tb:
-            print("placement: row_wise over every rank" if world > 1 else
-                  "placement: whole table on one device (row_wise over 1 rank)", flush=True)
+            where = ("row_wise over every rank" if a.plan == "row_wise" or a.index == "hash"
+                     else "slot-wise (slot i on rank i mod N, HugeCTR's Localized placement)")
+            print(f"placement: {where}" if world > 1 else
+                  "placement: whole table on one device", flush=True)
 
     def step(i: int) -> None:
         model.train(batches[i % len(batches)][0])
@@ -407,7 +413,10 @@ def main() -> None:
     p.add_argument("--index", choices=("direct", "hash"), default="direct")
     p.add_argument("--batches", type=int, default=4, help="distinct global batches, cycled")
     p.add_argument("--criteo-1tb", action="store_true",
-                   help="MLPerf Criteo 1TB tables (104.5 GB) row-wise over every rank")
+                   help="MLPerf Criteo 1TB tables (104.5 GB) over every rank")
+    p.add_argument("--plan", choices=("slot_wise", "row_wise"), default="slot_wise",
+                   help="--criteo-1tb --index direct: HugeCTR's slot-wise placement of the "
+                        "Localized one-hot table, or row-wise (striped) by a JSON plan")
     p.add_argument("--no-peer", dest="peer", action="store_false",
                    help="skip the plain PyTorch peer")
     p.add_argument("--results", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),

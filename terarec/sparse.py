@@ -29,11 +29,15 @@ class SparseInput:
         keys: int64 tensor of all keys, shape (nnz_total,).
         offsets: int64 tensor, shape (B*slot_num + 1,).
         slot_num: number of slots per sample.
+        rank_batch_sizes: in a data-parallel step, every rank's local batch size when the
+            sample split is known without communicating (set by the data-parallel split of a
+            global batch); lets sharded tables exchange fixed-size messages. None otherwise.
     """
 
     keys: torch.Tensor
     offsets: torch.Tensor
     slot_num: int
+    rank_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.slot_num <= 0:
@@ -72,10 +76,12 @@ class SparseInput:
             self.keys.to(device, non_blocking=non_blocking),
             self.offsets.to(device, non_blocking=non_blocking),
             self.slot_num,
+            self.rank_batch_sizes,
         )
 
     def pin_memory(self) -> SparseInput:
-        return SparseInput(self.keys.pin_memory(), self.offsets.pin_memory(), self.slot_num)
+        return SparseInput(self.keys.pin_memory(), self.offsets.pin_memory(), self.slot_num,
+                           self.rank_batch_sizes)
 
     def slice_samples(self, start: int, stop: int) -> SparseInput:
         """Samples ``start:stop`` (used to split a global batch across ranks)."""

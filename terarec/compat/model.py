@@ -284,10 +284,17 @@ class Model(ModelFilesMixin):
             batch = self.train_reader.next_batch()
         if batch is None:
             return False
+        if self._dist is not None:
+            batch = self._dist.begin_train_step(batch)
         if engine.lr == 0.0 and self.scheduler.step == 0:
             engine.set_learning_rate(self.scheduler.get_lr())
         self._loss = engine.train_step(batch)
         return True
+
+    def _whole_batch(self, batch: Batch) -> Batch:
+        """An evaluation / prediction batch: every rank of a data-parallel job runs all of it
+        (tagged so that sharded tables can exchange fixed-size messages)."""
+        return self._dist.begin_eval_step(batch) if self._dist is not None else batch
 
     def get_current_loss(self) -> float:
         if self._loss is None:
@@ -301,7 +308,7 @@ class Model(ModelFilesMixin):
         batch = self.eval_reader.next_batch()
         if batch is None:
             return False
-        out = engine.eval_step(batch)
+        out = engine.eval_step(self._whole_batch(batch))
         self._update_metrics(out, batch.batch_size)
         return True
 
@@ -370,12 +377,12 @@ class Model(ModelFilesMixin):
         """Predicted probabilities (N, label_dim): of ``data`` or of the eval source."""
         engine = self._engine()
         if data is not None:
-            return engine.predict_step(data).float().cpu().numpy()
+            return engine.predict_step(self._whole_batch(data)).float().cpu().numpy()
         outs = []
         for n, batch in enumerate(self.eval_reader.iterate_once()):
             if num_batches is not None and n >= num_batches:
                 break
-            outs.append(engine.predict_step(batch).float().cpu().numpy())
+            outs.append(engine.predict_step(self._whole_batch(batch)).float().cpu().numpy())
         if not outs:
             raise ConfigError("Model.predict", "a non-empty eval source", self.eval_source)
         return np.concatenate(outs)
@@ -387,7 +394,7 @@ class Model(ModelFilesMixin):
         for batch in self.eval_reader.iterate_once():
             if num_batches is not None and n >= num_batches:
                 break
-            out = engine.eval_step(batch)
+            out = engine.eval_step(self._whole_batch(batch))
             self._update_metrics(out, batch.batch_size)
             n += 1
         if n == 0:

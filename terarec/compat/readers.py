@@ -16,7 +16,7 @@ training thread. A worker's error surfaces in ``next_batch`` with its original m
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -45,6 +45,9 @@ class ReaderSlot:
         self._iter: Iterator[Batch] | None = None
         self._prefetch: Prefetcher | None = None
         self._exhausted = False
+        #: applied to every batch on the prefetch thread, before the copy to the device (the
+        #: data-parallel split: each rank copies only its own part of the global batch).
+        self.transform: Callable[[Batch], Batch] | None = None
 
     # -- HugeCTR DataReader methods ------------------------------------------------
     @property
@@ -108,7 +111,8 @@ class ReaderSlot:
         device = self.device
         reader.pin_memory = device.type == "cuda"
         share_gil()  # reader threads next to a busy training thread: see loader.share_gil
-        return Prefetcher(reader, device, depth=PREFETCH_DEPTH, num_threads=1)
+        source = reader if self.transform is None else _Transformed(reader, self.transform)
+        return Prefetcher(source, device, depth=PREFETCH_DEPTH, num_threads=1)
 
     def iterate_once(self) -> Iterator[Batch]:
         """One pass over the whole source, independent of the running iterator (prefetched;
@@ -169,3 +173,14 @@ class ReaderSlot:
             self.close()
             self._iter = iter(())  # as a dead generator: the next call reports the end
             raise
+
+
+class _Transformed:
+    """``reader``'s batches through ``fn`` (iterated on the prefetch thread)."""
+
+    def __init__(self, reader: Iterable[Batch], fn: Callable[[Batch], Batch]) -> None:
+        self.reader = reader
+        self.fn = fn
+
+    def __iter__(self) -> Iterator[Batch]:
+        return map(self.fn, self.reader)

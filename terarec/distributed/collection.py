@@ -10,7 +10,9 @@ outputs are this rank's samples only.
 ``forward`` runs the row-wise, table-wise and replicated tables together through
 :class:`~terarec.distributed.fused.FusedLookup` (one collective per phase for all of them, not
 per table), then the others (column-wise, hybrid) one by one. In a world of one every table is
-its shard's plain lookup (no collectives at all). The per-table phase methods stay available.
+its shard's plain lookup (no collectives at all). Slot-wise one-hot tables whose input
+qualifies run their own fixed-size exchange (:mod:`~terarec.distributed.slot_exchange`) instead
+of the fused routed one. The per-table phase methods stay available.
 
 Every rank must call ``forward`` (and the backward) the same number of times in the same table
 order, as with any collective.
@@ -105,13 +107,19 @@ class ShardedEmbeddingCollection(TableGroupMixin, nn.Module):
         if self.fused is not None:
             fused_in = {}
             for name in self.fused.names:
-                cfg = self.tables[name].config
+                table = self.tables[name]
+                cfg = table.config
                 sp = self.input_of(cfg, sparse_inputs)
                 if sp.slot_num != cfg.slot_num:
                     raise ConfigError(f"SparseEmbedding {name!r} input {cfg.input_name!r}",
                                       f"slot_num={cfg.slot_num}", sp.slot_num)
-                fused_in[name] = sp
-            out.update(self.fused(fused_in))
+                if not getattr(table, "fixed_exchange_applies", lambda _: False)(sp):
+                    fused_in[name] = sp  # else: its own fixed-size exchange, below
+            if len(fused_in) == len(self.fused.names):
+                out.update(self.fused(fused_in))
+            elif fused_in:
+                subset = [self.tables[n] for n in self.fused.names if n in fused_in]
+                out.update(FusedLookup(subset, self.fused.group)(fused_in))
         for cfg in self.configs:
             if cfg.name not in out:
                 out[cfg.name] = self.tables[cfg.name](self.input_of(cfg, sparse_inputs))

@@ -37,13 +37,30 @@ class DataParallel:
         self.world = comm.world_size(group)
         self.weight = 1.0 / self.world  # B_local / B_global of the current step
 
+    def rank_batch_sizes(self, global_batch: int) -> tuple[int, ...]:
+        """Every rank's local batch size for a global batch of ``global_batch`` samples."""
+        return tuple(hi - lo for lo, hi in (local_range(global_batch, r, self.world)
+                                            for r in range(self.world)))
+
     def split(self, batch: Any) -> Any:
-        """This rank's slice of a global batch (anything with ``batch_size`` and
-        ``slice_samples``); remembers its share of the global mean."""
+        """This rank's slice of a global batch (a :class:`~terarec.data.batch.Batch`),
+        tagged with every rank's local batch size (no state changes: readers may split ahead
+        of the step, on their own threads). :meth:`begin_step` takes the share from the tag."""
         n = int(batch.batch_size)
         lo, hi = local_range(n, self.rank, self.world)
-        self.weight = (hi - lo) / n if n else 0.0
-        return batch.slice_samples(lo, hi)
+        return batch.slice_samples(lo, hi).with_rank_batch_sizes(self.rank_batch_sizes(n))
+
+    def begin_step(self, batch: Any) -> Any:
+        """Set this step's share of the global mean from ``batch``'s tag; an untagged batch
+        (passed by the caller as this rank's part) is taken as an even split, every rank with
+        the same local batch size, and gets that tag."""
+        sizes = getattr(batch, "rank_batch_sizes", None)
+        if sizes is None:
+            sizes = (int(batch.batch_size),) * self.world
+            batch = batch.with_rank_batch_sizes(sizes)
+        total = sum(sizes)
+        self.weight = sizes[self.rank] / total if total else 0.0
+        return batch
 
     def set_local_batch(self, local: int, device: torch.device | None = None) -> None:
         """Learn the share from the local batch size (one all-reduce) when not split here."""

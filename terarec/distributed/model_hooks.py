@@ -5,9 +5,10 @@
 :class:`DistributedModel` that:
 
 * sets ``model.rank`` / ``model.world_size`` / ``model.device`` (GPU of the local rank);
-* makes both readers read the *global* batches (every rank reads the same file positions) and
-  hands the train step this rank's contiguous slice (:class:`SlicedReader`); evaluation runs
-  the whole global eval batch on every rank, so metrics equal a one-process run;
+* makes both readers read the *global* batches (every rank reads the same file positions); the
+  train reader's prefetch thread cuts this rank's contiguous slice before the copy to the device
+  and tags it with every rank's batch size (``DataParallel.split``); evaluation runs the whole
+  global eval batch on every rank, so metrics equal a one-process run;
 * builds the tables from a placement plan (``build_tables``): ``TERAREC_SHARDING_PLAN`` =
   ``hugectr`` (default: by embedding type, ``HybridSparseEmbedding`` -> ``hybrid``), ``auto``
   (the planner, memory from the device) or the path of a JSON plan; placements the script
@@ -55,27 +56,6 @@ class _ReaderView:
         return getattr(self._model, name)
 
 
-class SlicedReader:
-    """Wraps a reader slot: ``next_batch`` returns this rank's slice of the global batch."""
-
-    def __init__(self, inner: Any, dp: DataParallel) -> None:
-        self._inner = inner
-        self._dp = dp
-
-    def next_batch(self) -> Any:
-        batch = self._inner.next_batch()
-        return None if batch is None else self._dp.split(batch)
-
-    def read_a_batch_to_device(self) -> Any:
-        return self.next_batch()
-
-    def read_a_batch_to_device_delay_release(self) -> Any:
-        return self.next_batch()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def _device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
@@ -97,7 +77,18 @@ class DistributedModel:
         model.device = denv.device
         model.train_reader.model = _ReaderView(model)
         model.eval_reader.model = _ReaderView(model)
-        model.train_reader = SlicedReader(model.train_reader, self.dp)
+        # Each rank's slice is cut on the reader's prefetch thread, before the copy to the
+        # device, and tagged with every rank's batch size (fixed-size exchanges, no sync).
+        model.train_reader.transform = self.dp.split
+
+    def begin_train_step(self, batch: Any) -> Any:
+        """Called by ``Model.train`` with this rank's batch: sets the step's share of the
+        global mean (see :meth:`DataParallel.begin_step`) and returns the tagged batch."""
+        return self.dp.begin_step(batch)
+
+    def begin_eval_step(self, batch: Any) -> Any:
+        """Evaluation runs the whole global batch on every rank: tagged as such."""
+        return batch.with_rank_batch_sizes((int(batch.batch_size),) * self.env.world_size)
 
     def request_placements(self, placements: dict[str, TablePlacement]) -> None:
         """Placements chosen by the script (table name -> placement); they override the

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from terarec.distributed.hybrid import DEFAULT_MAX_HOT
 from terarec.embedding.config import TableConfig
-from terarec.embedding.plan import ShardingPlan, TablePlacement, table_bytes
+from terarec.embedding.plan import ShardingPlan, TablePlacement, placed_bytes, table_bytes
 from terarec.errors import ConfigError
 from terarec.utils.atomic import write_bytes_atomic
 
@@ -96,7 +96,7 @@ def bytes_per_rank(tables: list[TableConfig], plan: ShardingPlan, world: int,
     out = dict.fromkeys(range(world), 0)
     for cfg in tables:
         p = plan[cfg.name]
-        for r, b in p.bytes_per_rank(table_bytes(cfg)).items():
+        for r, b in placed_bytes(cfg, p).items():
             out[r] = out.get(r, 0) + b + (_hot_bytes(cfg, hot_rows) if p.kind == "hybrid" else 0)
     return out
 
@@ -183,7 +183,7 @@ def check_plan(tables: list[TableConfig], plan: ShardingPlan, pc: PlannerConfig)
         return
     lines = []
     for r, missing in sorted(over.items()):
-        names = [c.name for c in tables if r in plan[c.name].bytes_per_rank(table_bytes(c))]
+        names = [c.name for c in tables if r in placed_bytes(c, plan[c.name])]
         lines.append(f"rank {r} needs {used[r]:,} bytes but has {pc.device_memory:,} "
                      f"({missing:,} bytes missing; tables {names})")
     total = sum(table_bytes(c) for c in tables)
@@ -208,7 +208,7 @@ def describe_plan(tables: list[TableConfig], plan: ShardingPlan,
     for cfg in tables:
         p = plan[cfg.name]
         b = table_bytes(cfg)
-        per = max(p.bytes_per_rank(b).values())
+        per = max(placed_bytes(cfg, p).values())
         ranks = str(p.ranks) if len(p.ranks) <= 4 else f"[{p.ranks[0]}..{p.ranks[-1]}]"
         lines.append(f"{cfg.name:<20} {p.kind:<11} {ranks:<14} {cfg.max_vocabulary_size:>12,} "
                      f"{cfg.dim:>5} {b:>16,} {per:>16,}")

@@ -18,10 +18,12 @@ import torch.distributed as dist
 
 from terarec.distributed.routed import RoutedTable
 from terarec.distributed.shard_index import slot_ranges
+from terarec.distributed.slot_exchange import SlotExchange
 from terarec.distributed.types import STRATEGIES
 from terarec.embedding.config import TableConfig
 from terarec.embedding.plan import TablePlacement
 from terarec.embedding.table import DIRECT_TYPES
+from terarec.sparse import SparseInput
 
 
 @STRATEGIES.register("table_wise")
@@ -46,10 +48,27 @@ class TableWiseTable(RoutedTable):
                     to_local, to_global, cap = slot_ranges(config.slot_size_array, mine,
                                                            self.device)
                     self.shard = self._make_shard(cap, "direct", (to_local, to_global))
-                    return
-                if config.slot_size_array:
-                    cap = max(1, sum(config.slot_size_array[s] for s in mine))
-                self.shard = self._make_shard(cap, "hash")
+                else:
+                    if config.slot_size_array:
+                        cap = max(1, sum(config.slot_size_array[s] for s in mine))
+                    self.shard = self._make_shard(cap, "hash")
+        self._exchange: SlotExchange | None = None
+
+    @property
+    def exchange(self) -> SlotExchange | None:
+        """The fixed-size exchange when this table is slot-wise one-hot (else None)."""
+        if self._exchange is None and SlotExchange.eligible(self):
+            self._exchange = SlotExchange(self, self.group)
+        return self._exchange
+
+    def fixed_exchange_applies(self, sparse: SparseInput) -> bool:
+        ex = self.exchange
+        return ex is not None and ex.applies(sparse)
+
+    def forward(self, sparse: SparseInput) -> torch.Tensor:
+        if not self.local_only and self.fixed_exchange_applies(sparse):
+            return self.exchange(sparse)  # type: ignore[misc]
+        return super().forward(sparse)
 
     def slots_needed(self) -> bool:
         return len(self.placement.ranks) > 1

@@ -64,6 +64,9 @@ class TableConfig:
         slot_size_array: per-slot vocabulary (sizes Localized tables and their init).
         embedding_type: HugeCTR ``Embedding_t`` member name.
         optimizer: the table's sparse optimizer.
+        hotness: keys per (sample, slot) when the input guarantees a fixed count (its
+            ``DataReaderSparseParam`` has ``is_fixed_length`` and one ``nnz_per_slot`` for every
+            slot), else None. Sharded one-hot tables use it to pick fixed-size exchanges.
         init_range: ``a`` of the Uniform(-a, a) init; ``None`` = HugeCTR's default (§7): 0.05,
             or per slot ``sqrt(1/slot_size)`` for Localized tables with ``slot_size_array``.
 
@@ -82,6 +85,7 @@ class TableConfig:
     embedding_type: str = "DistributedSlotSparseEmbeddingHash"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     init_range: float | None = None
+    hotness: int | None = None
 
     def _where(self, field_name: str) -> str:
         return f"SparseEmbedding {self.name!r}.{field_name}"

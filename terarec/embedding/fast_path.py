@@ -46,48 +46,61 @@ _KERNEL_RULES = {"SGD": "sgd", "MomentumSGD": "momentumsgd", "Nesterov": "nester
                  "AdaGrad": "adagrad", "Adam": "adam", "Ftrl": "ftrl"}
 
 
-def applies(table: EmbeddingTable, sparse: Any) -> bool:
-    """True when ``table`` can run this input on the fused-kernel path."""
-    if (table.device.type != "cuda" and not ALLOW_CPU) or table.index_kind != "direct":
-        return False
-    from terarec.embedding.table import EmbeddingTable
-
-    if type(table).insert_keys is not EmbeddingTable.insert_keys:  # subclasses own row creation
+def rule_applies(table: EmbeddingTable) -> bool:
+    """True when ``table``'s storage and optimizer run on the fused kernels (fp32 rows on a
+    Triton device, a kernel rule, no lazy state), whatever its index or input."""
+    if table.device.type != "cuda" and not ALLOW_CPU:
         return False
     if table.weight.dtype != torch.float32 or not table.config.slot_size_array:
-        return False
-    if table.config.embedding_type != "LocalizedSlotSparseEmbeddingOneHot":  # one-hot contract
         return False
     opt = table.optimizer
     if opt.config.type not in _KERNEL_RULES or opt.lazy:
         return False
     if opt.config.update_type == "Global" and opt.rule.zero_step_changes:
         return False
-    if sparse.keys.numel() != sparse.offsets.numel() - 1:  # not one-hot: reference path
-        return False
     from terarec.kernels import backend_for
 
     return backend_for(table.weight) == "triton"
 
 
+def applies(table: EmbeddingTable, sparse: Any) -> bool:
+    """True when ``table`` can run this input on the fused-kernel path."""
+    if table.index_kind != "direct":
+        return False
+    from terarec.embedding.table import EmbeddingTable
+
+    if type(table).insert_keys is not EmbeddingTable.insert_keys:  # subclasses own row creation
+        return False
+    if table.config.embedding_type != "LocalizedSlotSparseEmbeddingOneHot":  # one-hot contract
+        return False
+    if sparse.keys.numel() != sparse.offsets.numel() - 1:  # not one-hot: reference path
+        return False
+    return rule_applies(table)
+
+
 @torch.no_grad()
-def _init_all_rows(table: EmbeddingTable) -> None:
-    """Initialise every row (and its slot) as a first sight in its slot's key range would."""
+def init_all_rows(table: EmbeddingTable) -> None:
+    """Initialise every row (and its slot) as a first sight in its slot's key range would.
+
+    Rows are keys, or for a shard of a sharded table (an index with ``to_global``) the rows
+    of the global keys ``to_global(row)``, so a shard starts from the unsharded values."""
     from terarec.embedding.init import init_vectors
 
     dev = table.device
     sizes = torch.tensor(table.config.slot_size_array, dtype=torch.int64, device=dev)
     ends = torch.cumsum(sizes, 0)
     index = table.index
+    to_global = getattr(index, "to_global", None)
     cap = table.weight.shape[0]
     for start in range(0, cap, _INIT_CHUNK):
-        keys = torch.arange(start, min(cap, start + _INIT_CHUNK), device=dev)
+        rows = torch.arange(start, min(cap, start + _INIT_CHUNK), device=dev)
+        keys = rows if to_global is None else to_global(rows)
         slots = torch.searchsorted(ends, keys, right=True).clamp(max=sizes.numel() - 1)
-        used = index._used[keys]  # rows the reference path already created keep their values
+        used = index._used[rows]  # rows the reference path already created keep their values
         fresh = init_vectors(keys, slots, table._bounds, table.config.dim, table.seed,
                              table.weight.dtype)
-        table.weight[keys] = torch.where(used.unsqueeze(1), table.weight[keys], fresh)
-        table.row_slots[keys] = torch.where(used, table.row_slots[keys], slots)
+        table.weight[rows] = torch.where(used.unsqueeze(1), table.weight[rows], fresh)
+        table.row_slots[rows] = torch.where(used, table.row_slots[rows], slots)
     table._fast_ready = True
 
 
@@ -152,8 +165,10 @@ class FusedLookup(torch.autograd.Function):
 
 @torch.no_grad()
 def apply_fused_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: torch.Tensor,
-                         grad_out: torch.Tensor, hotness: int = 1) -> None:
-    """One fused backward + optimizer step of the rows looked up in the forward (no sync)."""
+                         grad_out: torch.Tensor, hotness: int = 1,
+                         grad_weight: float = 1.0) -> None:
+    """One fused backward + optimizer step of the rows looked up in the forward (no sync);
+    ``grad_weight`` scales the gradient (a data-parallel rank's share of the global mean)."""
     if table.frozen:
         return
     from terarec.kernels import fused_backward_update
@@ -171,13 +186,13 @@ def apply_fused_gradient(table: EmbeddingTable, rows: torch.Tensor, offsets: tor
         _KERNEL_RULES[cfg.type], 1.0 if factor is not None else opt.lr,
         momentum_factor=cfg.momentum_factor, beta1=cfg.beta1, beta2=cfg.beta2,
         epsilon=cfg.epsilon, lambda1=cfg.lambda1, lambda2=cfg.lambda2, step=opt.t,
-        grad_scale=1.0 / opt.scaler, hotness=hotness, return_unique=False, lr_factor=factor)
+        grad_scale=grad_weight / opt.scaler, hotness=hotness, return_unique=False, lr_factor=factor)
 
 
 def forward(table: EmbeddingTable, sparse: Any) -> torch.Tensor:
     """Pooled ``[B*slots, dim]`` through the fused kernels (see :func:`applies`)."""
     if not getattr(table, "_fast_ready", False):
-        _init_all_rows(table)
+        init_all_rows(table)
     offsets = sparse.offsets.to(device=table.device, dtype=torch.int64)
     rows = _rows_of(table, sparse.keys, offsets)
     out_dtype = _out_dtype(table.device)

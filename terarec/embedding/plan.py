@@ -47,12 +47,22 @@ class TablePlacement:
                 self.ranks):
             raise ConfigError("TablePlacement.ranks", "distinct non-negative ranks", self.ranks)
 
-    def bytes_per_rank(self, table_bytes: int) -> dict[int, int]:
-        """How the table's bytes spread over its ranks."""
+    def bytes_per_rank(self, table_bytes: int,
+                       slot_weights: list[int] | None = None) -> dict[int, int]:
+        """How the table's bytes spread over its ranks; ``slot_weights`` (rows per slot, or
+        one per slot) split a slot-wise ``table_wise`` placement (slot ``s`` on
+        ``ranks[s mod n]``)."""
         if self.kind in ("replicated",):
             return {r: table_bytes for r in self.ranks}
         if self.kind == "table_wise":
-            return {self.ranks[0]: table_bytes}
+            n = len(self.ranks)
+            if n == 1 or not slot_weights:
+                return {self.ranks[0]: table_bytes}
+            total = sum(slot_weights) or 1
+            share = dict.fromkeys(self.ranks, 0)
+            for s, w in enumerate(slot_weights):
+                share[self.ranks[s % n]] += w
+            return {r: -(-table_bytes * w // total) for r, w in share.items()}
         n = len(self.ranks)
         return {r: -(-table_bytes // n) for r in self.ranks}
 
@@ -63,6 +73,12 @@ class TablePlacement:
 def table_bytes(cfg: TableConfig) -> int:
     """Bytes of a table at full capacity: float32 weights plus optimizer states."""
     return cfg.max_vocabulary_size * cfg.dim * 4 * (1 + cfg.optimizer.states_per_weight)
+
+
+def placed_bytes(cfg: TableConfig, placement: TablePlacement) -> dict[int, int]:
+    """Bytes of ``cfg`` on each rank of ``placement`` (slot-wise tables split by slot)."""
+    weights = list(cfg.slot_size_array) if cfg.slot_size_array else [1] * cfg.slot_num
+    return placement.bytes_per_rank(table_bytes(cfg), weights)
 
 
 @dataclass
@@ -94,7 +110,7 @@ class ShardingPlan:
         totals: dict[tuple[str, int], int] = {}
         for cfg in tables:
             p = self[cfg.name]
-            per_rank = p.bytes_per_rank(table_bytes(cfg))
+            per_rank = placed_bytes(cfg, p)
             for r, b in per_rank.items():
                 totals[(p.tier, r)] = totals.get((p.tier, r), 0) + b
             lines.append(f"{cfg.name:<24} {p.kind:<12} {p.tier:<7} {str(p.ranks):<12} "

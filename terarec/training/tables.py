@@ -22,7 +22,10 @@ def table_config_for(spec: EmbeddingSpec, graph: GraphSpec, default_optimizer: O
     names = [s.name for s in graph.schema.sparse]
     if spec.bottom not in names:
         raise ConfigError(f"{where}.bottom_name", f"one of the sparse inputs {names}", spec.bottom)
-    slot_num = graph.schema.sparse_by_name(spec.bottom).slot_num
+    sparse_spec = graph.schema.sparse_by_name(spec.bottom)
+    slot_num = sparse_spec.slot_num
+    nnz = set(sparse_spec.nnz_per_slot)
+    hotness = nnz.pop() if sparse_spec.is_fixed_length and len(nnz) == 1 else None
     if spec.slot_size_array and len(spec.slot_size_array) != slot_num:
         raise ConfigError(f"{where}.slot_size_array", f"{slot_num} entries (slot_num of input "
                           f"{spec.bottom!r})", spec.slot_size_array)
@@ -48,6 +51,7 @@ def table_config_for(spec: EmbeddingSpec, graph: GraphSpec, default_optimizer: O
         slot_size_array=list(spec.slot_size_array) or None,
         embedding_type=spec.embedding_type,
         optimizer=optimizer,
+        hotness=hotness,
     )
 
 

@@ -23,10 +23,12 @@ def _train(model: Any, steps: int) -> list[float]:
 
 def build(data: dict[str, Any], kind: str) -> Any:
     emb = {"dist": None, "local": "LocalizedSlotSparseEmbeddingHash",
-           "hybrid": "HybridSparseEmbedding"}[kind]
+           "hybrid": "HybridSparseEmbedding", "onehot": "LocalizedSlotSparseEmbeddingOneHot"}[kind]
     model = build_dcn(data, batchsize=64, lr=0.01)
     if emb is not None:
         model.spec.embeddings[0].embedding_type = emb
+    if kind == "onehot":  # keys are row numbers; slot-wise: the fixed-size exchange
+        model.spec.embeddings[0].slot_size_array = list(data["slot_sizes"])
     model.compile()
     return model
 
@@ -46,6 +48,8 @@ def run(rank: int, world: int, data: dict[str, Any], kind: str, out_prefix: str 
     table = model.engine.tables["emb"]
     res["placement"] = getattr(getattr(table, "placement", None), "kind", None)
     res["hot"] = int(table.hot_keys.numel()) if hasattr(table, "hot_keys") else 0
+    exchange = getattr(table, "_exchange", None)
+    res["fixed_steps"] = exchange._steps if exchange is not None else 0
     keys, vecs, _ = table.export()
     res["table"] = (np.asarray(keys), np.asarray(vecs))
     if out_prefix is not None:

@@ -8,6 +8,7 @@ gives a BCE loss (mean over the rank's samples); the last global batch is uneven
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,8 @@ def configs(opt: str, update: str = "Global", onehot: bool = False) -> list[Tabl
     direct = "LocalizedSlotSparseEmbeddingOneHot"
     return [
         TableConfig("a", "in_a", dim=4, combiner="sum", slot_num=2, max_vocabulary_size=500,
-                    optimizer=o, **({"embedding_type": direct, "slot_size_array": [250, 250]}
-                                    if onehot else {})),
+                    optimizer=o, **({"embedding_type": direct, "slot_size_array": [250, 250],
+                                     "hotness": 1} if onehot else {})),
         TableConfig("b", "in_b", dim=3, combiner="mean", slot_num=3, max_vocabulary_size=500,
                     optimizer=o),
         TableConfig("c", "in_c", dim=4, combiner="sum", slot_num=2,
@@ -54,6 +55,9 @@ def plan_for(kind: str, world: int) -> ShardingPlan:
              "c": TablePlacement("table_wise", every)}
     elif kind == "replicated":
         p = {n: TablePlacement("replicated", every) for n in "abc"}
+    elif kind == "slot_wise":  # a: slots over every rank (fixed exchange when one-hot)
+        p = {"a": TablePlacement("table_wise", every), "b": TablePlacement("replicated", every),
+             "c": TablePlacement("table_wise", every)}
     elif kind == "mixed":
         p = {"a": TablePlacement("row_wise", every), "b": TablePlacement("replicated", every),
              "c": TablePlacement("table_wise", last)}
@@ -66,7 +70,7 @@ def batches(seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     out = []
     for n in BATCHES:
-        a = [[[int(rng.integers(0, 20))] for _ in range(2)] for _ in range(n)]
+        a = [[[int(rng.integers(0, 20)) + 250 * s] for s in range(2)] for _ in range(n)]
         b = [[[int(k) for k in rng.integers(0, 25, size=int(rng.integers(0, 4)))]
               for _ in range(3)] for _ in range(n)]
         c = [[[int(k) + 1000 * s for k in rng.integers(0, 15, size=int(rng.integers(1, 3)))]
@@ -95,10 +99,11 @@ def _slice(b: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
 
 
 def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = None,
-          rank: int = 0, world: int = 1, device: str = "cpu", collection: Any = None
-          ) -> dict[str, Any]:
+          rank: int = 0, world: int = 1, device: str = "cpu", collection: Any = None,
+          tag: bool = False) -> dict[str, Any]:
     """Train on the batches; ``collection``: look every table up through its ``forward``
-    (the fused path) instead of table by table."""
+    (the fused path) instead of table by table; ``tag``: the sparse inputs carry every rank's
+    batch size (as the data-parallel split tags them: enables fixed-size exchanges)."""
     lin = head().to(device)  # plain SGD below: torch.optim would import torch._dynamo (seconds)
     for t in tables.values():
         t.set_learning_rate(LR[opt])
@@ -109,6 +114,10 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
             lo, hi = n * rank // world, n * (rank + 1) // world
             dp.weight = (hi - lo) / n
             b = _slice(b, lo, hi)
+            if tag:
+                sizes = dp.rank_batch_sizes(n)
+                b["sparse"] = {k: dataclasses.replace(v, rank_batch_sizes=sizes)
+                               for k, v in b["sparse"].items()}
         b = {"sparse": {k: v.to(device) for k, v in b["sparse"].items()},
              "dense": b["dense"].to(device), "label": b["label"].to(device)}
         lin.zero_grad()
@@ -142,7 +151,8 @@ def reference(opt: str, update: str = "Global", onehot: bool = False) -> dict[st
 
 
 def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global",
-            device: str = "cpu", fused: bool = True, onehot: bool = False) -> dict[str, Any]:
+            device: str = "cpu", fused: bool = True, onehot: bool = False,
+            tag: bool = False) -> dict[str, Any]:
     from terarec.distributed import state_format
     from terarec.distributed.collection import ShardedEmbeddingCollection
     from terarec.distributed.data_parallel import DataParallel
@@ -151,7 +161,11 @@ def sharded(rank: int, world: int, kind: str, opt: str, update: str = "Global",
     g = torch.Generator().manual_seed(123)
     coll = ShardedEmbeddingCollection(cfgs, plan_for(kind, world), device, generator=g)
     out = train(dict(coll.tables), cfgs, opt, DataParallel(), rank, world, device,
-                coll if fused else None)
+                coll if fused else None, tag)
+    out["fixed_steps"] = {n: t._exchange._steps for n, t in coll.tables.items()
+                          if getattr(t, "_exchange", None) is not None}
+    out["fused_kernels"] = {n: bool(getattr(getattr(t, "shard", None), "_fast_ready", False))
+                            for n, t in coll.tables.items()}
     out["tables"] = {n: t.export()[:2] for n, t in coll.tables.items()}
     out["opt"] = {}
     for c in cfgs:
@@ -171,6 +185,9 @@ def sharded_many(rank: int, world: int, cases: list[tuple[str, str]], cuda: bool
                 for k, o in PER_TABLE})
     out.update({f"{k}/{o}/onehot": sharded(rank, world, k, o, device=device, onehot=True)
                 for k, o in ONEHOT})
+    out.update({f"{k}/{o}/fixed{'' if fused else '/per_table'}": sharded(
+        rank, world, k, o, device=device, fused=fused, onehot=True, tag=True)
+        for k, o, fused in FIXED})
     return out
 
 
@@ -180,6 +197,11 @@ CASES = [(k, o) for k in ("row_wise", "table_wise", "replicated", "mixed")
 PER_TABLE = [("mixed", "Adam")]
 #: also run with direct-mapped (one-hot) tables ``a`` and ``c``
 ONEHOT = [("table_wise", "SGD"), ("mixed", "Adam")]
+#: one-hot tables with every rank's batch size known: table ``a`` (one-hot) takes the
+#: fixed-size slot exchange (whole on one rank for table_wise, slot-wise for slot_wise);
+#: (kind, optimizer, through the collection's forward)
+FIXED = [("table_wise", "SGD", True), ("slot_wise", "SGD", True), ("slot_wise", "Adam", True),
+         ("slot_wise", "Adam", False)]
 
 
 def save_shards_after(rank: int, world: int, kind: str, folder: str) -> dict[str, Any]:

@@ -44,7 +44,12 @@ def check_collection(results: list[dict], refs: dict, world: int, tol: float = T
     cases = [(f"{k}/{o}", o) for k, o in sc.CASES]
     cases += [(f"{k}/{o}/per_table", o) for k, o in sc.PER_TABLE]
     cases += [(f"{k}/{o}/onehot", f"{o}/onehot") for k, o in sc.ONEHOT]
-    for case, ref_name in cases:
+    fixed = [(f"{k}/{o}/fixed{'' if f else '/per_table'}", f"{o}/onehot") for k, o, f in sc.FIXED]
+    for case, _ in fixed:  # the one-hot table took the fixed-size exchange on every step
+        for res in results:
+            assert res["value"]["collection"][case]["fixed_steps"].get("a") == \
+                len(sc.BATCHES), case
+    for case, ref_name in cases + fixed:
         ref = refs[ref_name]
         opt = ref_name.split("/")[0]
         for r, res in enumerate(results):
@@ -71,10 +76,12 @@ def test_three_ranks_equal_one_process(three, refs):
 
 
 def test_model_two_ranks_equal_one_process(two, data, tmp):
-    for kind in ("dist", "local"):
+    for kind in ("dist", "local", "onehot"):
         ref = ms.run(0, 1, data, kind, str(tmp / f"one_{kind}"), None)
         for r, res in enumerate(two):
             got = res["value"]["model"][kind]
+            # one-hot slot-wise table: every train and eval step took the fixed-size exchange
+            assert got["fixed_steps"] == (ms.STEPS + 2 if kind == "onehot" else 0), kind
             assert (got["rank"], got["world"]) == (r, 2)
             np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
             assert abs(got["auc"] - ref["auc"]) < 1e-6
@@ -90,6 +97,15 @@ def test_model_three_ranks_uneven_split(three, data):
         np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
         for a, b in zip(got["dense"], ref["dense"]):
             np.testing.assert_allclose(a, b, atol=TOL)
+    ref = ms.run(0, 1, data, "onehot", None, None)  # uneven split through the fixed exchange
+    for res in three:
+        got = res["value"]["model_onehot"]
+        assert got["fixed_steps"] == ms.STEPS + 2
+        np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
+        assert abs(got["auc"] - ref["auc"]) < 1e-6
+        for a, b in zip(got["dense"], ref["dense"]):
+            np.testing.assert_allclose(a, b, atol=TOL)
+        assert_same_table(got["table"], ref["table"], "model onehot, 3 ranks")
 
 
 def test_hugectr_files_match_one_process(two, tmp):

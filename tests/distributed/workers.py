@@ -15,7 +15,7 @@ def two_ranks(rank: int, world: int, data: dict[str, Any], tmp: str) -> dict[str
     out: dict[str, Any] = {"collection": sc.sharded_many(rank, world, sc.CASES)}
     out["shards"] = sc.save_shards_after(rank, world, "mixed", f"{tmp}/shards2")
     out["model"] = {k: ms.run(rank, world, data, k, f"{tmp}/two_{k}", None)
-                    for k in ("dist", "local")}
+                    for k in ("dist", "local", "onehot")}
     out["placements"] = ps.two_ranks(rank, world, f"{tmp}/placements")
     os.environ.update(TERAREC_HYBRID_MAX_HOT="8", TERAREC_HYBRID_STATISTICS_BATCHES="2")
     out["model"]["hybrid"] = ms.run(rank, world, data, "hybrid", None, None)
@@ -27,6 +27,7 @@ def three_ranks(rank: int, world: int, data: dict[str, Any], tmp: str) -> dict[s
     out["shards"] = sc.load_shards_into(rank, world, "row_wise", f"{tmp}/shards2")
     out["model_resumed"] = ms.run(rank, world, data, "dist", None, f"{tmp}/two_dist")
     out["model"] = ms.run(rank, world, data, "local", None, None)
+    out["model_onehot"] = ms.run(rank, world, data, "onehot", None, None)
     out["placements"] = ps.three_ranks(rank, world, f"{tmp}/placements")
     return out
 

@@ -1,0 +1,277 @@
+"""``SlotExchange``: the fixed-size all-to-all of a slot-wise sharded one-hot table.
+
+Owns one step of a ``table_wise`` table whose keys are row numbers (HugeCTR's
+``LocalizedSlotSparseEmbeddingOneHot`` with its ``slot_size_array``, the MLPerf DLRM table)
+whose input declares one key per slot (``TableConfig.hotness == 1``, from the
+``DataReaderSparseParam``), when every rank's local batch size is known without communicating
+(``SparseInput.rank_batch_sizes``, set by the data-parallel split).
+Slot ``s`` lives on ``ranks[s mod len(ranks)]``, so what each rank sends to each owner is known
+from the batch sizes alone: no (owner, key) de-duplication, no count exchange and no host
+synchronisation, only three all-to-alls of fixed sizes per training step:
+
+1. keys: rank ``r`` sends owner ``p`` the keys of ``p``'s slots for its ``b_r`` samples
+   (sample-major, ``b_r x k_p`` keys);
+2. vectors: each owner reads one row per received key (the fused Triton lookup on CUDA) and
+   sends the vectors back in the same order; the sample's rank scatters them into
+   ``[b, slot_num, dim]`` (bf16 on the wire under mixed precision);
+3. gradients (backward): the same positions gathered from the output gradient go to the
+   owners, which run their shard's sparse optimizer step once on everything they received
+   (repeated keys across ranks are summed, as one process would).
+
+Keys outside their slot's range (whole table on one rank: outside the table) are an error
+(:class:`~terarec.errors.CapacityError`): at once on CPU, from a device flag checked every
+``fast_path.CHECK_EVERY`` steps on CUDA (as the one-process fast path does). The reference twin
+(plain torch: lazy row creation by ``insert_keys``, gather, ``sum_per_row`` + the optimizer's
+update) runs wherever the fused kernels do not (CPU / gloo, other optimizers); both send the
+same messages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from terarec.distributed import comm
+from terarec.embedding import fast_path
+from terarec.embedding.table import DIRECT_TYPES, sum_per_row
+from terarec.errors import CapacityError, ConfigError
+from terarec.sparse import SparseInput
+
+if TYPE_CHECKING:
+    from terarec.distributed.table_wise import TableWiseTable
+
+
+class _Step:
+    """What one step keeps between forward and backward."""
+
+    def __init__(self, batch: int, sizes: tuple[int, ...], index: torch.Tensor,
+                 rows: torch.Tensor | None, fast: bool) -> None:
+        self.batch = batch
+        self.sizes = sizes
+        self.index = index  # send position -> flat (sample, slot) position
+        self.rows = rows  # local rows of the received keys (owner)
+        self.fast = fast
+
+
+class _ExchangeFn(torch.autograd.Function):
+    """forward: the pooled ``[b*slot_num, dim]``; backward: gradients to the owners + update."""
+
+    @staticmethod
+    def forward(fctx, anchor, exchange, step, keys):  # noqa: ANN001, ANN205
+        fctx.exchange, fctx.step = exchange, step
+        return exchange.forward_pass(step, keys)
+
+    @staticmethod
+    def backward(fctx, grad_out):  # noqa: ANN001, ANN205
+        fctx.exchange.backward_pass(fctx.step, grad_out)
+        return None, None, None, None
+
+
+class SlotExchange:
+    """The fixed-size exchange of one slot-wise ``TableWiseTable`` (see module docstring)."""
+
+    def __init__(self, table: TableWiseTable, group: dist.ProcessGroup | None = None) -> None:
+        cfg = table.config
+        self.table = table
+        self.group = group
+        self.world = table.world
+        self.rank = table.rank
+        self.slot_num = cfg.slot_num
+        self.dim = cfg.dim
+        ranks = table.placement.ranks
+        self.slots_of = [[s for s in range(cfg.slot_num) if ranks[s % len(ranks)] == p]
+                         for p in range(self.world)]
+        mine = self.slots_of[self.rank]
+        sizes = [int(n) for n in cfg.slot_size_array]
+        starts = [sum(sizes[:s]) for s in range(len(sizes))]
+        dev = table.device
+        self.mine = torch.tensor(mine, dtype=torch.int64, device=dev)
+        self.starts = torch.tensor([starts[s] for s in mine], dtype=torch.int64, device=dev)
+        self.sizes = torch.tensor([sizes[s] for s in mine], dtype=torch.int64, device=dev)
+        mapped = getattr(table.shard.index, "to_local", None) if table.shard is not None \
+            else None
+        # local row of key k in my j-th slot = k - starts[j] + bases[j]
+        if mapped is not None:  # the shard stacks the key ranges of my slots
+            self.bases = torch.cumsum(self.sizes, 0) - self.sizes
+        else:  # whole table on this rank: rows are keys, any key below the capacity (as in
+            # the unsharded table)
+            self.starts.zero_()
+            self.sizes.fill_(int(cfg.max_vocabulary_size))
+            self.bases = self.starts.clone()
+        self._index: dict[int, torch.Tensor] = {}
+        self._cols: dict[int, torch.Tensor] = {}
+        self._oob: torch.Tensor | None = None
+        self._steps = 0
+
+    # ------------------------------------------------------------------ eligibility
+    @staticmethod
+    def eligible(table: Any) -> bool:
+        """Whether ``table`` (a strategy module) is slot-wise one-hot: a direct-mapped table
+        whose input declares one key per slot (``TableConfig.hotness == 1``), so every rank
+        takes the same path whatever its batch holds."""
+        cfg = table.config
+        return (table.world > 1 and table.placement.kind == "table_wise"
+                and cfg.embedding_type in DIRECT_TYPES and cfg.hotness == 1
+                and bool(cfg.slot_size_array) and len(cfg.slot_size_array) == cfg.slot_num)
+
+    def applies(self, sparse: SparseInput) -> bool:
+        """Whether every rank's batch size is known (then every rank takes this path); an
+        input that breaks the declared one-hot layout is an error (on CUDA: at the next
+        check of the device flag)."""
+        sizes = sparse.rank_batch_sizes
+        b = sparse.batch_size
+        if sizes is None or len(sizes) != self.world or sizes[self.rank] != b \
+                or sparse.slot_num != self.slot_num:
+            return False
+        one_hot = sparse.keys.numel() == b * self.slot_num
+        if one_hot and sparse.offsets.device.type == "cpu":  # exact check, free on the host
+            one_hot = bool(torch.equal(sparse.offsets, torch.arange(
+                sparse.offsets.numel(), dtype=sparse.offsets.dtype)))
+        if not one_hot:
+            raise ConfigError(f"SparseEmbedding {self.table.name!r} input "
+                              f"{self.table.config.input_name!r}",
+                              "exactly one key per slot (its DataReaderSparseParam declares "
+                              "nnz_per_slot=1, is_fixed_length=True)",
+                              f"{sparse.keys.numel()} keys for {b} samples x "
+                              f"{self.slot_num} slots")
+        return True
+
+    def _fast(self) -> bool:
+        shard = self.table.shard
+        return shard is not None and fast_path.rule_applies(shard)
+
+    # ------------------------------------------------------------------ static layout
+    def _send_index(self, b: int, device: torch.device) -> torch.Tensor:
+        """Flat (sample, slot) positions in send order: by owner, then sample, then slot."""
+        idx = self._index.get(b)
+        if idx is None:
+            base = torch.arange(b, dtype=torch.int64, device=device).unsqueeze(1) * self.slot_num
+            parts = [(base + torch.tensor(s, dtype=torch.int64, device=device)).reshape(-1)
+                     for s in self.slots_of if s]
+            idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64,
+                                                             device=device)
+            self._index[b] = idx
+        return idx
+
+    def _counts(self, step: _Step) -> tuple[list[int], list[int]]:
+        send = [step.batch * len(s) for s in self.slots_of]
+        recv = [n * int(self.mine.numel()) for n in step.sizes]
+        return send, recv
+
+    def _columns(self, n: int) -> torch.Tensor:
+        col = self._cols.get(n)
+        if col is None:
+            k = max(1, int(self.mine.numel()))
+            col = torch.arange(n, dtype=torch.int64, device=self.table.device) % k
+            self._cols[n] = col
+        return col
+
+    # ------------------------------------------------------------------ phases
+    def __call__(self, sparse: SparseInput) -> torch.Tensor:
+        """Pooled ``[b, slot_num, dim]`` of this rank's samples (collective)."""
+        table = self.table
+        sparse = sparse.to(table.device)
+        b = sparse.batch_size
+        fast = self._fast()
+        step = _Step(b, tuple(int(n) for n in sparse.rank_batch_sizes or ()),
+                     self._send_index(b, table.device), None, fast)
+        if sparse.offsets.is_cuda:  # one-hot contract on the device (flag, no sync)
+            one_hot = torch.arange(sparse.offsets.numel(), device=sparse.offsets.device)
+            self._flag((sparse.offsets != one_hot).any())
+        keys = sparse.keys.to(torch.int64)
+        if table.frozen or not torch.is_grad_enabled():
+            out = self.forward_pass(step, keys)
+        else:
+            anchor = torch.empty(0, device=table.device, requires_grad=True)
+            out = _ExchangeFn.apply(anchor, self, step, keys)
+        self._steps += 1
+        if self._steps % fast_path.CHECK_EVERY == 0 \
+                and not torch.cuda.is_current_stream_capturing():
+            self.check_errors()
+        return out.view(b, self.slot_num, self.dim)
+
+    def forward_pass(self, step: _Step, keys: torch.Tensor) -> torch.Tensor:
+        send_c, recv_c = self._counts(step)
+        recv_keys = comm.all_to_all_rows(keys.index_select(0, step.index), send_c, recv_c,
+                                         self.group)
+        vectors = self._lookup(step, recv_keys)
+        back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
+        out = back.new_empty(step.batch * self.slot_num, self.dim)
+        return out.index_copy_(0, step.index, back)
+
+    def _wire_dtype(self) -> torch.dtype:
+        return fast_path._out_dtype(self.table.device)
+
+    def _lookup(self, step: _Step, recv_keys: torch.Tensor) -> torch.Tensor:
+        """The owner's vectors of the received keys (``[n, dim]``, in the wire dtype)."""
+        shard = self.table.shard
+        dtype = self._wire_dtype()
+        if shard is None or recv_keys.numel() == 0:
+            return torch.zeros(0, self.dim, dtype=dtype, device=self.table.device)
+        rows = self._rows(recv_keys)  # range check (on the host: raises at once)
+        if not step.fast:
+            cols = self._columns(recv_keys.numel())
+            step.rows = shard.insert_keys(recv_keys, slots=self.mine[cols])
+            return shard.weight[step.rows].to(dtype)
+        if not getattr(shard, "_fast_ready", False):
+            fast_path.init_all_rows(shard)
+        step.rows = rows
+        shard.index.mark_used(rows)
+        from terarec.kernels import pooled_lookup
+
+        offsets = torch.arange(recv_keys.numel() + 1, device=recv_keys.device)
+        return pooled_lookup(shard.weight, step.rows, offsets, False, dtype, hotness=1)
+
+    def _rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """Local rows of keys of my slots (received sample-major), range checked."""
+        cols = self._columns(keys.numel())
+        start = self.starts[cols]
+        bad = (keys < start) | (keys >= start + self.sizes[cols])
+        self._flag(bad.any())
+        rows = keys - start + self.bases[cols]
+        return rows.clamp_(0, self.table.shard.weight.shape[0] - 1)  # type: ignore[union-attr]
+
+    def _flag(self, bad: torch.Tensor) -> None:
+        if self._oob is None:
+            self._oob = torch.zeros((), dtype=torch.bool, device=bad.device)
+        self._oob |= bad
+        if bad.device.type == "cpu":
+            self.check_errors()
+
+    def check_errors(self) -> None:
+        """Raise the error recorded on the device, if any (one host sync)."""
+        if self._oob is not None and bool(self._oob):
+            self._oob.zero_()
+            sizes = self.table.config.slot_size_array
+            raise CapacityError(
+                f"embedding table {self.table.name!r} is one-hot with slot_size_array={sizes}: "
+                f"every sample needs exactly one key per slot, and slot s's key in "
+                f"[sum(slot_size_array[:s]), sum(slot_size_array[:s+1])), but an input broke "
+                f"that. Check the slot offsets and hotness of the input, or use a hash "
+                f"embedding type.")
+
+    @torch.no_grad()
+    def backward_pass(self, step: _Step, grad_out: torch.Tensor) -> None:
+        send_c, recv_c = self._counts(step)
+        total = sum(step.sizes)
+        uniform = len(set(step.sizes)) == 1
+        send = grad_out.reshape(-1, self.dim).index_select(0, step.index)
+        if not uniform:  # each sender weighs its own samples (B_local / B_global)
+            send.mul_(step.batch / total if total else 0.0)
+        got = comm.all_to_all_rows(send, send_c, recv_c, self.group)
+        weight = 1.0 / self.world if uniform else 1.0
+        shard = self.table.shard
+        if shard is None or self.table.frozen:
+            return
+        if step.fast and got.shape[0]:
+            offsets = torch.arange(got.shape[0] + 1, device=got.device)
+            fast_path.apply_fused_gradient(shard, step.rows, offsets, got, hotness=1,
+                                           grad_weight=weight)
+            return
+        rows = step.rows if step.rows is not None else \
+            torch.zeros(0, dtype=torch.int64, device=got.device)
+        uniq, summed = sum_per_row(rows, got.to(torch.float32) * weight)
+        shard.optimizer.update(shard.weight, uniq, summed.to(shard.weight.dtype),
+                               shard.index.row_extent)

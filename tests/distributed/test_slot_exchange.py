@@ -1,0 +1,79 @@
+"""The fixed-size slot exchange (``terarec.distributed.slot_exchange``) on 2 gloo ranks.
+
+* Its fused-kernel twin (Triton's interpreter on CPU: ``TRITON_INTERPRET=1`` in the ranks,
+  ``fast_path.ALLOW_CPU``) equals one-process training, as the reference twin does in
+  ``test_sharded_training.py``.
+* Bad input: a key outside its slot's range, and an input breaking the declared one-hot
+  layout, are errors that name the table (never a silent clamp).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from terarec.kernels import triton_available
+from tests.distributed import scenarios as sc
+from tests.distributed.harness import run_ranks
+from tests.distributed.test_sharded_training import TOL, assert_same_table
+
+
+def _fast_rank(rank: int, world: int, kind: str, opt: str, update: str) -> dict:
+    from terarec.embedding import fast_path
+    from terarec.kernels import use_triton
+
+    fast_path.ALLOW_CPU = True
+    with use_triton(True):
+        out = sc.sharded(rank, world, kind, opt, update, onehot=True, tag=True)
+    return out
+
+
+def _bad_rank(rank: int, world: int, what: str) -> None:
+    from terarec.distributed.collection import ShardedEmbeddingCollection
+    from terarec.distributed.data_parallel import DataParallel
+
+    cfgs = sc.configs("SGD", onehot=True)
+    coll = ShardedEmbeddingCollection(cfgs, sc.plan_for("slot_wise", world),
+                                      generator=torch.Generator().manual_seed(1))
+    keys = [[[3], [251]], [[4], [252]]]  # 2 samples per rank, slot 1 keys in [250, 500)
+    if what == "range" and rank == 0:
+        keys[1][1] = [7]  # slot 1 (owned by rank 1) gets a key of slot 0's range
+    if what == "hotness" and rank == 0:
+        keys[1][1] = [252, 253]
+    from terarec.sparse import SparseInput
+
+    sp = SparseInput.from_lists(keys)
+    import dataclasses
+
+    sp = dataclasses.replace(sp, rank_batch_sizes=DataParallel().rank_batch_sizes(4))
+    coll.tables["a"](sp).sum().backward()
+
+
+@pytest.mark.skipif(not triton_available(), reason="triton not importable")
+@pytest.mark.parametrize(("opt", "update"), [("SGD", "Global"), ("Adam", "Local")])
+def test_fused_twin_equals_one_process(monkeypatch: pytest.MonkeyPatch, opt: str,
+                                       update: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter variant runs on CPU machines (GPU: the NCCL test)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the spawned ranks
+    ref = sc.reference(opt, update, onehot=True)
+    for r, res in enumerate(run_ranks(_fast_rank, 2, "slot_wise", opt, update, timeout=300)):
+        got = res["value"]
+        where = f"rank {r}, {opt}"
+        assert got["fixed_steps"]["a"] == len(sc.BATCHES), where
+        assert got["fused_kernels"]["a"], where  # the shard ran the Triton (interpreted) twin
+        np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL, err_msg=where)
+        for name in "abc":
+            assert_same_table(got["tables"][name], ref["tables"][name], f"{where} {name}")
+
+
+@pytest.mark.parametrize(("what", "message"), [
+    ("range", "every sample needs exactly one key per slot"),
+    ("hotness", "exactly one key per slot (its DataReaderSparseParam declares"),
+])
+def test_bad_one_hot_input_is_an_error(what: str, message: str) -> None:
+    results = run_ranks(_bad_rank, 2, what, timeout=120, dist_timeout=15, raise_errors=False)
+    errors = [res.get("error", "") for res in results]
+    culprit = 1 if what == "range" else 0  # the owner of the slot sees the key; the sender
+    assert "'a'" in errors[culprit] and message in errors[culprit], errors  # its own input
