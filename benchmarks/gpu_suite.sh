@@ -5,7 +5,8 @@
 #   train     training throughput: DLRM (peer + terarec, profile), DCNv2 and DCN
 #   inference predict samples/s of the inference session vs Model.predict
 #   data      reader rows/s with 16 workers
-#   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 GPUs, the Criteo 1TB tables on 2 GPUs
+#   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 (-> 4) GPUs
+#   dist1tb   (2 GPUs) the Criteo 1TB tables (104.5 GB) through hugectr.Model
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -41,11 +42,16 @@ if [[ $what == dist ]]; then
     tests/compat > "$OUT/multigpu_tests.txt" 2>&1
   tail -3 "$OUT/multigpu_tests.txt"; grep -E "^FAILED|^ERROR" "$OUT/multigpu_tests.txt" | head
   res="$OUT/scaling.jsonl"; rm -f "$res"
-  for n in 1 2; do
+  gpus=$(nvidia-smi -L | wc -l)
+  for n in 1 2 4; do
+    (( n > gpus )) && break
     timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py --steps 20 \
       --warmup 5 --results "$res" > "$OUT/scaling_$n.txt" 2>&1
     grep -E "terarec path|^\|" "$OUT/scaling_$n.txt" | tail -5
   done
+fi
+if [[ $what == dist1tb ]]; then
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   timeout 300 torchrun --standalone --nproc-per-node 2 benchmarks/scaling.py --criteo-1tb \
     --steps 10 --warmup 3 --results "$OUT/criteo1tb.jsonl" > "$OUT/criteo1tb.txt" 2>&1
   grep -E "placement|terarec path|^\|" "$OUT/criteo1tb.txt" | tail -5
