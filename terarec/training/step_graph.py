@@ -9,7 +9,10 @@ and launches one graph per step.
 It applies when every table of the step runs the sync-free fused path
 (:mod:`terarec.embedding.fast_path`) with an update rule whose step size is the learning rate
 alone (SGD, MomentumSGD, Nesterov, AdaGrad, Ftrl), the dense optimizer is SGD (or there is
-none), the dense weights are not frozen and no data-parallel hook is set. The learning rate
+none) and the dense weights are not frozen. In a data-parallel step every table must take the
+fixed-size slot exchange (:mod:`terarec.distributed.slot_exchange`: its all-to-alls have sizes
+known on the host), and the graph also records the gradient all-reduce and the global loss
+(NCCL collectives captured after the eager warm-up steps). The learning rate
 lives in a 0-dim float32 device tensor that :meth:`StepGraph.set_learning_rate` fills, so
 replays follow the schedule. Anything else (another batch shape, an epoch's short last batch,
 Adam) runs the eager step or the dense-only graph of :class:`~terarec.training.engine.Engine`.
@@ -35,9 +38,25 @@ WARMUP_STEPS = 2  # eager steps of a shape before its capture (kernel compilatio
 
 def _shape_key(batch: Batch) -> tuple:
     return (tuple(batch.labels.shape), batch.labels.dtype, tuple(batch.dense.shape),
-            batch.dense.dtype,
-            tuple((n, tuple(sp.keys.shape), sp.keys.dtype, tuple(sp.offsets.shape), sp.slot_num)
+            batch.dense.dtype, batch.rank_batch_sizes,
+            tuple((n, tuple(sp.keys.shape), sp.keys.dtype, tuple(sp.offsets.shape), sp.slot_num,
+                   sp.rank_batch_sizes)
                   for n, sp in sorted(batch.sparse.items())))
+
+
+def _local_table(table: Any) -> Any:
+    """The single-device table a step updates on this rank: the table itself, the shard of a
+    sharded table (None on a rank that holds no part of it)."""
+    return table.shard if hasattr(table, "placement") else table
+
+
+def _exchange_applies(table: Any, sparse: SparseInput) -> bool:
+    """A sharded table whose step is the sync-free fixed-size slot exchange with the fused
+    kernels (:mod:`terarec.distributed.slot_exchange`)."""
+    check = getattr(table, "fixed_exchange_applies", None)
+    if check is None or not check(sparse):
+        return False
+    return table.shard is None or fast_path.rule_applies(table.shard)
 
 
 class StepGraph:
@@ -61,24 +80,33 @@ class StepGraph:
         self.disabled = False
         self.replays = 0
         self.fingerprint: tuple = ()
+        self.reported: torch.Tensor | None = None  # the (data-parallel: global) loss
+
+    def _local_tables(self) -> list[Any]:
+        """The single-device tables the graph updates (the shard of a sharded table)."""
+        tables = (_local_table(t) for t in self.engine.tables.values())
+        return [t for t in tables if t is not None]
 
     # ------------------------------------------------------------------ eligibility
     def applies(self, batch: Batch) -> bool:
         e = self.engine
-        if self.disabled or e.device.type != "cuda" or e.grad_sync is not None \
-                or e.loss_sync is not None or e.dense_frozen:
+        if self.disabled or e.device.type != "cuda" or e.dense_frozen:
             return False
         opt = e.dense_optimizer
         if opt is not None and getattr(opt, "optimizer_type", None) not in _DENSE_RULES:
             return False
         if opt is not None and getattr(opt, "scaler", 1.0) != 1.0:
             return False
+        data_parallel = e.grad_sync is not None or e.loss_sync is not None
         for name, table in e.tables.items():
             sparse = batch.sparse.get(e.table_inputs[name])
-            if not isinstance(sparse, SparseInput) or not sparse.keys.is_cuda:
+            if not isinstance(sparse, SparseInput) or not sparse.keys.is_cuda or table.frozen:
                 return False
-            if table.frozen or not fast_path.applies(table, sparse) \
-                    or table.optimizer.config.type not in _SPARSE_RULES:
+            if not (_exchange_applies(table, sparse) if data_parallel
+                    else fast_path.applies(table, sparse)):
+                return False
+            local = _local_table(table)
+            if local is not None and local.optimizer.config.type not in _SPARSE_RULES:
                 return False
         return True
 
@@ -87,7 +115,7 @@ class StepGraph:
         capture (a loaded checkpoint, say) makes the graph stale."""
         e = self.engine
         ptrs = [p.data_ptr() for p in e.network.dense_weights()]
-        for table in e.tables.values():
+        for table in self._local_tables():
             ptrs.append(table.weight.data_ptr())
             ptrs.extend(s.data_ptr() for s in table.optimizer.states)
         if e.dense_optimizer is not None:
@@ -120,7 +148,7 @@ class StepGraph:
             self._copy_in(batch)
             self.graph.replay()
         self._after_replay()
-        return self.out.loss.detach().clone()
+        return self.reported.clone()
 
     def _copy_in(self, batch: Batch) -> None:
         assert self.static is not None  # noqa: S101 - set by _capture
@@ -139,12 +167,18 @@ class StepGraph:
             return
         if e.dense_optimizer is not None:
             e.dense_optimizer.t += 1
-        for table in e.tables.values():
+        for table in self._local_tables():
             table.optimizer.t += 1
             table.index._stale = True
             table._fast_steps = getattr(table, "_fast_steps", 0) + 1
             if table._fast_steps % fast_path.CHECK_EVERY == 0:
                 fast_path.check_errors(table)
+        for table in e.tables.values():
+            exchange = getattr(table, "_exchange", None)
+            if exchange is not None:
+                exchange._steps += 1
+                if exchange._steps % fast_path.CHECK_EVERY == 0:
+                    exchange.check_errors()
 
     def _capture(self, batch: Batch, key: tuple) -> bool:
         e = self.engine
@@ -152,11 +186,12 @@ class StepGraph:
         self.lr = torch.full((), float(e.lr), dtype=torch.float32, device=e.device)
         opt = e.dense_optimizer
         saved_lr = [g["lr"] for g in opt.param_groups] if opt is not None else []
-        for table in e.tables.values():
+        for table in self._local_tables():
             table.lr_factor = self.lr
         self.static = Batch(batch.labels.clone(), batch.dense.clone(),
-                            {n: SparseInput(sp.keys.clone(), sp.offsets.clone(), sp.slot_num)
-                             for n, sp in batch.sparse.items()})
+                            {n: SparseInput(sp.keys.clone(), sp.offsets.clone(), sp.slot_num,
+                                            sp.rank_batch_sizes)
+                             for n, sp in batch.sparse.items()}, batch.rank_batch_sizes)
         graph = torch.cuda.CUDAGraph()
         try:
             if opt is not None:
@@ -170,27 +205,33 @@ class StepGraph:
                 if loss.requires_grad:
                     loss.backward()
                 if opt is not None:
+                    if e.grad_sync is not None:  # data parallel: the all-reduce is recorded
+                        e.grad_sync([p.grad for p in e.network.dense_weights()
+                                     if p.grad is not None])
                     opt.step()
+                reported = e.loss_sync(loss.detach()) if e.loss_sync is not None \
+                    else loss.detach()
         except Exception as exc:  # noqa: BLE001 - any capture failure: stay on the eager path
             warnings.warn(f"CUDA graph capture of the whole training step failed ({exc}); "
                           "training continues with the dense-only graph", stacklevel=4)
             self.disabled = True
-            for table in e.tables.values():
+            for table in self._local_tables():
                 table.lr_factor = None
             return False
         finally:
             if opt is not None:
                 for g, lr in zip(opt.param_groups, saved_lr):
                     g["lr"] = lr
-        self.graph, self.key, self.out = graph, key, out
+        self.graph, self.key, self.out, self.reported = graph, key, out, reported
         self.fingerprint = self._fingerprint()
         graph.replay()  # the capture recorded the step; this runs it
         return True
 
     def reset(self) -> None:
         """Forget the captured step (network or tables changed)."""
-        for table in self.engine.tables.values():
+        for table in self._local_tables():
             table.lr_factor = None
         self.graph, self.key, self.static, self.out, self.lr = None, None, None, None, None
+        self.reported = None
         self.warm.clear()
         self.replays = 0
