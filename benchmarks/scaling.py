@@ -188,6 +188,8 @@ def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.devi
         model.train(batches[i % len(batches)][0])
 
     dt = _timed(step, a, device, world)
+    if a.profile:
+        _profile(step, a, device, rank)
     info = describe_path(model)
     loss = float(model._loss) if model._loss is not None else float("nan")
     info["last_loss"] = loss
@@ -310,6 +312,22 @@ def _timed(step, a: argparse.Namespace, device: torch.device, world: int) -> flo
     return float(t)
 
 
+def _profile(step, a: argparse.Namespace, device: torch.device, rank: int) -> None:  # noqa: ANN001
+    """``a.profile`` more steps under the torch profiler (every rank steps; rank 0 prints the
+    kernels by device time per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(a.profile):
+            step(i)
+        _sync(device)
+    if rank == 0:
+        print(f"profile of {a.profile} steps (device time, all kernels):", flush=True)
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=25,
+                                        max_name_column_width=70), flush=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -422,6 +440,8 @@ def main() -> None:
     p.add_argument("--results", default=os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                       "terarec_scaling.jsonl"))
     p.add_argument("--tiny", action="store_true", help="CPU smoke run at toy size (gloo)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="profile this many extra terarec steps and print the top kernels")
     a = p.parse_args()
     a.bottom, a.top = [512, 256, a.dim], [1024, 1024, 512, 256, 1]
     a.steps = a.steps if a.steps is not None else (10 if a.tiny else 20)
