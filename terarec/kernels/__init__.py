@@ -1,4 +1,5 @@
-"""Fused GPU kernels for embeddings, sparse optimizers, the DLRM interaction and AUC.
+"""Fused GPU kernels for embeddings, sparse optimizers, the DLRM interaction, the DCN cross
+update and AUC.
 
 Every kernel has a Triton version (``triton_*.py``, imported lazily) and a plain-PyTorch twin
 of the same signature (:mod:`terarec.kernels.reference`). Which one runs is decided in one
@@ -14,6 +15,8 @@ from terarec.kernels.auc import exact_auc
 from terarec.kernels.ops import (
     adagrad_update,
     adam_update,
+    cross_backward,
+    cross_forward,
     ftrl_update,
     fused_backward_update,
     interaction,
@@ -35,6 +38,8 @@ __all__ = [
     "adagrad_update",
     "adam_update",
     "backend_for",
+    "cross_backward",
+    "cross_forward",
     "exact_auc",
     "ftrl_update",
     "fused_backward_update",

@@ -109,6 +109,20 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return implementation("relu_bias_backward", grad)(grad, y)
 
 
+def cross_forward(x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
+                  x: torch.Tensor) -> torch.Tensor:
+    """DCN cross update ``x0 * (u + b) + x`` in one pass (see reference.cross_forward)."""
+    return implementation("cross_forward", x0)(x0, u, b, x)
+
+
+def cross_backward(grad: torch.Tensor, x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
+                   dx0: torch.Tensor | None = None, add_grad: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(du, dx0, db)`` of :func:`cross_forward` in one pass; ``dx0`` accumulates in place
+    (see reference.cross_backward)."""
+    return implementation("cross_backward", x0)(grad, x0, u, b, dx0, add_grad)
+
+
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """DLRM dot interaction ``[B, E + n(n-1)/2 + 1]``, n = S+1 (HugeCTR layout)."""
     return implementation("interaction_forward", dense)(dense, emb)

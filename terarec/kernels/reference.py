@@ -304,3 +304,50 @@ def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor,
     dx = torch.bmm(sym + sym.transpose(1, 2), x)
     d_dense = (grad_out[:, :e].float() + dx[:, 0].float()).to(dense.dtype)
     return d_dense, dx[:, 1:].to(emb.dtype)
+
+
+def _check_cross(x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
+                 others: Sequence[torch.Tensor | None] = ()) -> None:
+    ts = [x0, u, *[t for t in others if t is not None]]
+    if x0.dim() != 2 or any(t.shape != x0.shape or t.dtype != x0.dtype
+                            or t.device != x0.device for t in ts):
+        raise ValueError("cross: expected [B, N] tensors of one shape, dtype and device. "
+                         f"Received: {[(tuple(t.shape), t.dtype, str(t.device)) for t in ts]}")
+    if b.numel() != x0.shape[1] or b.device != x0.device:
+        raise ValueError(f"cross: expected a bias of {x0.shape[1]} elements on {x0.device}. "
+                         f"Received: {tuple(b.shape)} on {b.device}")
+
+
+def cross_forward(x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
+                  x: torch.Tensor) -> torch.Tensor:
+    """DCN cross update ``y = x0 * (u + b) + x`` (``[B, N]``, ``b`` ``[N]`` or ``[1, N]``),
+    float32 math, returned in ``x0``'s dtype."""
+    _check_cross(x0, u, b, (x,))
+    y = x0.float() * (u.float() + b.float().reshape(1, -1)) + x.float()
+    return y.to(x0.dtype)
+
+
+def cross_backward(grad: torch.Tensor, x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
+                   dx0: torch.Tensor | None = None, add_grad: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of :func:`cross_forward` up to the GEMMs: ``(du, dx0, db)`` with
+    ``du = grad * x0``, ``dx0 = [dx0 +] grad * (u + b) [+ grad]`` and ``db = du.sum(0)``
+    (float32 math, returned in ``x0``'s dtype; ``db`` is ``[N]``).
+
+    ``dx0`` (the running gradient of ``x0`` from the layers above) is updated in place and
+    returned; ``add_grad`` adds ``grad`` itself (the residual gradient when ``x`` is ``x0``).
+    ``x``'s residual gradient is ``grad`` (not returned).
+    """
+    _check_cross(x0, u, b, (grad, dx0))
+    g = grad.float()
+    du = g * x0.float()
+    dx = g * (u.float() + b.float().reshape(1, -1))
+    if dx0 is not None:
+        dx = dx0.float() + dx
+    if add_grad:
+        dx = dx + g
+    if dx0 is None:
+        dx0 = dx.to(x0.dtype)
+    else:
+        dx0.copy_(dx)
+    return du.to(x0.dtype), dx0, du.sum(0).to(x0.dtype)

@@ -45,6 +45,8 @@ TRITON_IMPLS: dict[str, tuple[str, str]] = {
     "interaction_forward": ("terarec.kernels.triton_interaction", "interaction_forward"),
     "interaction_backward": ("terarec.kernels.triton_interaction", "interaction_backward"),
     "relu_bias_backward": ("terarec.kernels.triton_mlp", "relu_bias_backward"),
+    "cross_forward": ("terarec.kernels.triton_cross", "cross_forward"),
+    "cross_backward": ("terarec.kernels.triton_cross", "cross_backward"),
     # Hash index (no twin in reference: the torch twins work on the index's state and live with
     # it, terarec.embedding.fast_path_hash; only ask for these where backend_for is "triton").
     "hash_lookup_or_insert": ("terarec.kernels.triton_hash", "lookup_or_insert"),

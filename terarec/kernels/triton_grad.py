@@ -6,15 +6,26 @@ row order), ``unique_consecutive`` -> unique rows, their counts and segment star
 
 Kernels:
 
-* ``_seg_kernel``: ``BLOCK_U`` unique rows per program, walked in lock-step like the forward
-  pooling: the j-th lookup of every row is gathered at once (its pooled-gradient row, scaled
-  by 1/len for mean). A row with at most ``CAP`` lookups is finished here: its sum goes to the
-  gradient buffer or straight into the optimizer rule (:func:`triton_optim.apply_rule`).
-  A hot row (> CAP lookups) sums its first CAP lookups into a partial slot instead.
+* ``_seg_kernel``: ``BLOCK_U`` unique rows per program, walked in lock-step: the j-th lookup
+  of every row is gathered at once (its pooled-gradient row, scaled by 1/len for mean). The
+  rows are taken in the plan's ``order`` (by lookup count, capped at CAP, longest first), so
+  the rows of a block have the same count and no lane idles while a block waits for its
+  longest row (in unique-row order, power-law or hash-mixed keys put a 32-lookup row next to
+  31 single ones: 3x the lane-rounds on DCNv2). A row with at most ``CAP`` lookups is
+  finished here: its sum goes to the gradient buffer or straight into the optimizer rule
+  (:func:`triton_optim.apply_rule`). A hot row (> CAP lookups) sums its first CAP lookups
+  into a partial slot instead.
 * ``_chunk_kernel``: the remaining CAP-sized chunks of hot rows, one partial slot each.
 * ``_combine_kernel``: per hot row, the sum of its partial slots, then finish as above.
 
 Every sum runs in a fixed order, so results are deterministic (no atomics).
+General CSR (hotness 0): the CSR row of every sorted lookup is gathered once by torch
+(``qpos[perm]``, int64 like ``perm``), so the kernels read it directly (as for hotness 1)
+instead of a dependent ``qpos[perm[i]]`` load per lookup.
+The per-row values ``_seg_kernel`` needs (start, slot, table row) are gathered into count
+order by torch rather than loaded through ``order`` in the kernel: that indirection before
+the lookup loop cost a dependent load per program and, with D = 128 and sum pooling, made
+Triton 3.6's layout pass fail to compile the kernel on an H200.
 Multi-table: ``grad_out`` is the sample-major ``[B, T*slots, D]`` output of
 ``pooled_lookup_multi``; rows are made global with ``table_offsets`` before the sort.
 """
@@ -39,9 +50,9 @@ def _src_row(p, qpos_ptr, m, rows_per_table, slots, tables, HOT: tl.constexpr,
              MULTI: tl.constexpr):
     """(CSR row, grad_out row) of lookup positions ``p``."""
     if HOT > 0:
-        q = p // HOT
+        q = p.to(tl.int64) // HOT
     else:
-        q = tl.load(qpos_ptr + p, mask=m, other=0)
+        q = tl.load(qpos_ptr + p, mask=m, other=0).to(tl.int64)
     if MULTI:
         t = q // rows_per_table
         rr = q - t * rows_per_table
@@ -78,22 +89,33 @@ def _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, pos, m, d, dmask, go_s
 
 
 @triton.jit
-def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot_ptr,
-                part_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, nu_ptr, D, go_stride,
-                rows_per_table, slots, tables, gscale, lr, lrs_ptr, h1, h2, h3, seed,
+def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, order_ptr, okey_ptr, ostart_ptr,
+                oslot_ptr, part_ptr, out_ptr, w_ptr, s1_ptr, s2_ptr, ouniq_ptr, nu_ptr, D,
+                go_stride, rows_per_table, slots, tables, gscale, lr, lrs_ptr, h1, h2, h3, seed,
                 HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
                 OPT: tl.constexpr, SR: tl.constexpr, CAP_: tl.constexpr,
                 BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
+    """Unique rows ``order[k]`` for k in this block (the plan's count order). Everything a
+    row needs comes in that order, read contiguously before the lookups: its segment start,
+    partial slot and table row (``ostart``, ``oslot``, ``ouniq``) and its capped count from
+    the sort key (``okey``: 0 = hot, CAP + 1 - count otherwise). After the sums only the
+    optimizer's own loads remain (a dependent load there costs every program its latency)."""
     n_u = tl.load(nu_ptr)
     lr = lr * tl.load(lrs_ptr)  # device-side learning-rate factor (CUDA graph replays)
     if tl.program_id(0).to(tl.int64) * BLOCK_U >= n_u:  # past the unique rows of this batch
         return
-    u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
-    umask = u < n_u
+    k = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    umask = k < n_u
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
-    start = tl.load(start_ptr + u, mask=umask, other=0)
-    cnt = tl.minimum(tl.load(cnt_ptr + u, mask=umask, other=0), CAP_)
+    start = tl.load(ostart_ptr + k, mask=umask, other=0)
+    key = tl.load(okey_ptr + k, mask=umask, other=CAP_ + 1).to(tl.int32)
+    hot = umask & (key == 0)
+    done = umask & (key != 0)
+    slot = tl.load(oslot_ptr + k, mask=hot, other=0)
+    if OPT != 0:
+        row = tl.load(ouniq_ptr + k, mask=done, other=0)
+    cnt = tl.where(hot, CAP_, CAP_ + 1 - key)  # 0 past n_u
     acc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
     max_cnt = tl.max(cnt, axis=0)
     if INTERP:  # the interpreter rejects range(tensor)
@@ -108,13 +130,16 @@ def _seg_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start_ptr, cnt_ptr, slot
             acc = _seg_add(acc, go_ptr, perm_ptr, qpos_ptr, qscale_ptr, start + j,
                            umask & (j < cnt), d, dmask, go_stride, rows_per_table, slots,
                            tables, HOT=HOT, MULTI=MULTI, SCALED=SCALED)
-    slot = tl.load(slot_ptr + u, mask=umask, other=-1)
-    hot = umask & (slot >= 0)
+    # A hot row's first CAP lookups go to its first partial slot (_combine_kernel finishes it).
     tl.store(part_ptr + slot[:, None] * D + d[None, :], acc,
              mask=hot[:, None] & dmask[None, :])
-    done = umask & (slot < 0)
-    _finish(out_ptr, w_ptr, s1_ptr, s2_ptr, uniq_ptr, u, done, done[:, None] & dmask[None, :], d,
-            D, acc * gscale, lr, h1, h2, h3, seed, OPT=OPT, SR=SR)
+    mask = done[:, None] & dmask[None, :]
+    if OPT == 0:  # the gradient buffer is in unique order
+        u = tl.load(order_ptr + k, mask=done, other=0)
+        tl.store(out_ptr + u[:, None] * D + d[None, :], acc * gscale, mask=mask)
+    else:
+        apply_rule(w_ptr, s1_ptr, s2_ptr, row[:, None] * D + d[None, :], mask, acc * gscale, lr,
+                   h1, h2, h3, seed, OPT=OPT, SR=SR)
 
 
 @triton.jit
@@ -234,6 +259,11 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         out = C.new_empty((0, dim), torch.float32, dev) if code == 0 else None
         return _Plan(empty, torch.zeros(1, dtype=torch.int64, device=dev)), out
     plan = _plan(sorted_rows)
+    src, kernel_hot = perm, hot
+    if qpos is not None:
+        # CSR row of every sorted lookup, gathered once here: the kernels then read it like a
+        # hotness-1 position (q = src[i]) instead of a dependent qpos[perm[i]] per lookup.
+        src, kernel_hot = qpos[perm], 1
     out = C.new_empty((nnz, dim), torch.float32, dev) if code == 0 else None
     part = torch.empty(plan.max_part, dim, dtype=torch.float32, device=dev)
     w = weight if weight is not None else go
@@ -241,18 +271,21 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     dummy = plan.starts
     lr, h1, h2, h3 = scalars
     block_d = min(triton.next_power_of_2(dim), 256)
-    block_u = max(8, min(64, 4096 // block_d))
-    common = dict(HOT=hot, MULTI=multi is not None, SCALED=scaled)
-    qpos_arg = qpos if qpos is not None else dummy
+    # 16 unique rows x 128 columns per program of _seg_kernel (H200, DCNv2 batch: 32 rows
+    # were 1.4 ms slower, 8 rows 0.25 ms: programs in flight hide each one's dependent loads).
+    block_u = max(8, min(64, 2048 // block_d))
+    common = dict(HOT=kernel_hot, MULTI=multi is not None, SCALED=scaled)
+    qpos_arg = dummy  # only read with HOT == 0: the CSR rows are in src (see above)
     qscale_arg = qscale if scaled else dummy
     # Upper-bound grids: programs past the device-side counts do nothing.
     _seg_kernel[(triton.cdiv(nnz, block_u), triton.cdiv(dim, block_d))](
-        go, perm, qpos_arg, qscale_arg, plan.starts, plan.counts, plan.slot, part,
-        out if out is not None else part, w, s1, s2, plan.uniq, plan.n_u, dim, go.stride(0), rpt,
+        go, src, qpos_arg, qscale_arg, plan.order, plan.okey, plan.ostart, plan.oslot, part,
+        out if out is not None else part, w, s1, s2, plan.uniq if code == 0 else plan.ouniq,
+        plan.n_u, dim, go.stride(0), rpt,
         slots, tables, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, CAP_=CAP,
         BLOCK_U=block_u, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4, **common)
     _chunk_kernel[(plan.max_part // CHUNKS_PER_PROGRAM, triton.cdiv(dim, block_d))](
-        go, perm, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, plan.n_chunks,
+        go, src, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, plan.n_chunks,
         part, dim, go.stride(0), rpt, slots, tables, CAP_=CAP, PER_PROG=CHUNKS_PER_PROGRAM,
         BLOCK_D=block_d, num_warps=4, **common)
     _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
@@ -277,9 +310,13 @@ class _Plan:
     """Segments of the sorted rows, in buffers sized by ``nnz`` (no host sync to build).
 
     ``uniq[:n_u]`` are the distinct rows; ``starts``/``counts`` their segments in the sorted
-    order (``counts`` is 0 past ``n_u``); ``slot`` the first partial slot of a hot row (> CAP
-    lookups) or -1; ``ch_*`` one entry per possible extra chunk of a hot row (``ch_n`` 0 when
-    there is none); ``hot_u`` the hot rows, padded with -1.
+    order (``counts`` is 0 past ``n_u``); ``order[:n_u]`` the unique indices by count (hot rows,
+    then CAP down to 1 lookups: the blocks of ``_seg_kernel``), then the idle entries, with
+    ``okey`` their sort keys (0 hot, CAP + 1 - count otherwise) and ``ostart`` / ``oslot`` /
+    ``ouniq`` their starts, slots and rows in that order; ``slot`` the
+    first partial slot of a hot row (> CAP lookups) or -1; ``ch_*`` one entry per possible
+    extra chunk of a hot row (``ch_n`` 0 when there is none); ``hot_u`` the hot rows, padded
+    with -1.
     """
 
     def __init__(self, uniq: torch.Tensor, n_u: torch.Tensor, **bufs: torch.Tensor) -> None:
@@ -311,9 +348,17 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     counts = starts_full[1:nnz + 1] - starts
     uniq = sorted_rows[starts.clamp(max=nnz - 1)].to(i64)
     hot = counts > CAP
+    # Unique rows grouped by lookup count, longest first (hot rows, then CAP, ..., 1 lookups),
+    # entries past n_u (count 0) last: one uint8 key (0 hot, CAP + 1 - count otherwise), one
+    # radix pass. Any order gives the same per-row sums; this one keeps _seg_kernel's lock-step
+    # blocks free of idle lanes. The kernel reads the counts from the sorted key and the starts
+    # and table rows gathered in this order.
+    key = torch.where(hot, 0, CAP + 1 - counts).to(torch.uint8)
+    okey, order = torch.sort(key, stable=True)
     nch = torch.where(hot, (counts + CAP - 1) // CAP, 0)
     chunk_end = torch.cumsum(nch, 0)
     slot = torch.where(hot, chunk_end - nch, -1)
+    ostart, oslot, ouniq = starts[order], slot[order], uniq[order]
     # Hot rows have > CAP lookups: at most nnz // (CAP + 1) of them and
     # sum(ceil(count / CAP)) <= nnz // CAP + #hot partial slots.
     max_hot = nnz // (CAP + 1) + 1
@@ -332,7 +377,8 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     ch_first = torch.where(valid, starts[owner] + k * CAP, 0)
     ch_n = torch.where(valid, (counts[owner] - k * CAP).clamp(max=CAP), 0)
     ch_slot = torch.where(valid, c, 0)
-    return _Plan(uniq, n_u, starts=starts, counts=counts, slot=slot, nch=nch, hot_u=hot_u,
+    return _Plan(uniq, n_u, order=order, okey=okey, ostart=ostart, oslot=oslot, ouniq=ouniq,
+                 starts=starts, counts=counts, slot=slot, nch=nch, hot_u=hot_u,
                  ch_first=ch_first, ch_n=ch_n, ch_slot=ch_slot, n_chunks=chunk_end[-1:])
 
 
