@@ -65,6 +65,9 @@ def _batches(rank: int, world: int, device: torch.device) -> list:
 
 
 def _train(rank: int, world: int) -> dict:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(150, exit=True)  # a hung rank shows where it waits
     out = {}
     for graph in (False, True):
         model = _model(graph)
@@ -76,6 +79,7 @@ def _train(rank: int, world: int) -> dict:
         e = model.engine
         out[graph] = {"losses": losses, "whole_step": e.step_graph.graph is not None,
                       "replays": e.step_graph.replays}
+    faulthandler.cancel_dump_traceback_later()
     return out
 
 
