@@ -1,7 +1,8 @@
-"""Data-parallel whole-step CUDA graph on 2 GPUs (NCCL): a DLRM-like ``hugectr.Model`` whose
-slot-wise one-hot table takes the fixed-size slot exchange records the whole step (lookups, the
-three all-to-alls, dense forward/backward, the gradient all-reduce, the global loss, both
-optimizer steps) in one graph, and its losses equal the eager data-parallel steps'."""
+"""Data-parallel whole-step CUDA graph on 2 GPUs (NCCL; opt-in: ``TERAREC_DP_STEP_GRAPH=1``):
+a DLRM-like ``hugectr.Model`` whose slot-wise one-hot table takes the fixed-size slot exchange
+records the whole step (lookups, the three all-to-alls, dense forward/backward, the gradient
+all-reduce, the global loss, both optimizer steps) in one graph, and its losses equal the eager
+data-parallel steps'."""
 
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def _batches(rank: int, world: int, device: torch.device) -> list:
 
 def _train(rank: int, world: int) -> dict:
     import faulthandler
+    import os
 
+    os.environ["TERAREC_DP_STEP_GRAPH"] = "1"  # the data-parallel whole-step graph is opt-in
     faulthandler.dump_traceback_later(150, exit=True)  # a hung rank shows where it waits
     out = {}
     for graph in (False, True):
