@@ -46,11 +46,12 @@ if TYPE_CHECKING:
 class _Step:
     """What one step keeps between forward and backward."""
 
-    def __init__(self, batch: int, sizes: tuple[int, ...], index: torch.Tensor,
-                 rows: torch.Tensor | None, fast: bool) -> None:
+    def __init__(self, batch: int, sizes: tuple[int, ...],
+                 index: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor | None,
+                 fast: bool) -> None:
         self.batch = batch
         self.sizes = sizes
-        self.index = index  # send position -> flat (sample, slot) position
+        self.index, self.inverse = index  # send position <-> flat (sample, slot) position
         self.rows = rows  # local rows of the received keys (owner)
         self.fast = fast
 
@@ -100,7 +101,8 @@ class SlotExchange:
             self.starts.zero_()
             self.sizes.fill_(int(cfg.max_vocabulary_size))
             self.bases = self.starts.clone()
-        self._index: dict[int, torch.Tensor] = {}
+        self._index: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._offsets: dict[int, torch.Tensor] = {}
         self._cols: dict[int, torch.Tensor] = {}
         self._oob: torch.Tensor | None = None
         self._steps = 0
@@ -143,17 +145,33 @@ class SlotExchange:
         return shard is not None and fast_path.rule_applies(shard)
 
     # ------------------------------------------------------------------ static layout
-    def _send_index(self, b: int, device: torch.device) -> torch.Tensor:
-        """Flat (sample, slot) positions in send order: by owner, then sample, then slot."""
-        idx = self._index.get(b)
-        if idx is None:
+    def _send_index(self, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat (sample, slot) positions in send order (by owner, then sample, then slot) and
+        its inverse (send position of every flat position)."""
+        got = self._index.get(b)
+        if got is None:
             base = torch.arange(b, dtype=torch.int64, device=device).unsqueeze(1) * self.slot_num
             parts = [(base + torch.tensor(s, dtype=torch.int64, device=device)).reshape(-1)
                      for s in self.slots_of if s]
             idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64,
                                                              device=device)
-            self._index[b] = idx
-        return idx
+            inverse = torch.empty_like(idx)
+            inverse[idx] = torch.arange(idx.numel(), dtype=torch.int64, device=device)
+            got = self._index[b] = (idx, inverse)
+        return got
+
+    def _gather_rows(self, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``src[index]`` of ``[n, dim]`` rows: the Triton row gather of the one-hot lookup
+        where it runs (bandwidth-bound), else ``index_select`` (its twin)."""
+        from terarec.kernels import backend_for, pooled_lookup
+
+        if backend_for(src) != "triton" or index.numel() == 0:
+            return src.index_select(0, index)
+        offsets = self._offsets.get(index.numel())
+        if offsets is None:
+            offsets = torch.arange(index.numel() + 1, dtype=torch.int64, device=src.device)
+            self._offsets[index.numel()] = offsets
+        return pooled_lookup(src.contiguous(), index, offsets, False, src.dtype, hotness=1)
 
     def _counts(self, step: _Step) -> tuple[list[int], list[int]]:
         send = [step.batch * len(s) for s in self.slots_of]
@@ -198,8 +216,7 @@ class SlotExchange:
                                          self.group)
         vectors = self._lookup(step, recv_keys)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
-        out = back.new_empty(step.batch * self.slot_num, self.dim)
-        return out.index_copy_(0, step.index, back)
+        return self._gather_rows(back, step.inverse)  # back in (sample, slot) order
 
     def _wire_dtype(self) -> torch.dtype:
         return fast_path._out_dtype(self.table.device)
@@ -257,7 +274,7 @@ class SlotExchange:
         send_c, recv_c = self._counts(step)
         total = sum(step.sizes)
         uniform = len(set(step.sizes)) == 1
-        send = grad_out.reshape(-1, self.dim).index_select(0, step.index)
+        send = self._gather_rows(grad_out.reshape(-1, self.dim), step.index)
         if not uniform:  # each sender weighs its own samples (B_local / B_global)
             send.mul_(step.batch / total if total else 0.0)
         got = comm.all_to_all_rows(send, send_c, recv_c, self.group)
