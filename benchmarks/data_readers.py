@@ -2,16 +2,21 @@
 
 Usage: python benchmarks/data_readers.py [--samples 2000000] [--workers N [N ...]]
                                          [--repeat 3] [--only Raw Parquet ...] [--text-copies 10]
-Prints a markdown table, one row per (format, what, workers). "decode" = the format's decoder over
-all units on a thread pool of N threads (no batching); "reader" = full Reader iteration with
-``num_workers=N`` (batch 65536, torch tensors out); "prefetch" = the same through the
+                                         [--what decode reader prefetch busy]
+``--only`` (alias ``--formats``, any case) picks formats: Raw RawAsync Parquet Norm, CriteoTSV (the
+text reader and preprocessing), Preprocess (preprocessing alone); ``--what`` picks the rows of the
+binary formats. Prints a markdown table, one row per (format, what, workers). "decode" = the
+format's decoder over all units on a thread pool of N threads (no batching); "reader" = full
+Reader iteration with ``num_workers=N`` (batch 65536, torch tensors out); "prefetch" = the same
+through the
 ``Prefetcher`` (one background thread, as ``Model.fit`` reads); "prefetch, busy main" = the same
 while another thread runs pure Python (holding the GIL like a training loop's op dispatch; with
 the GIL switch interval ``Model.fit`` sets, ``loader.share_gil``). "rows/s" is wall-clock, the best
 of ``--repeat`` runs (the box may be shared); "rows/CPU-s" divides by the CPU time of the whole
 process (all threads, plus reaped worker processes) of that run, i.e. the throughput of one fully
 used core (the busy thread's CPU counts too). Text rows: the Criteo sample repeated
-``--text-copies`` times; preprocessing uses N worker processes.
+``--text-copies`` times; preprocessing (``terarec preprocess criteo``, Parquet out, both passes)
+uses N worker processes (``--workers``), which also write the part files.
 """
 
 from __future__ import annotations
@@ -115,7 +120,12 @@ def _best(repeat: int, run: Callable[[], int]) -> tuple[int, float, float]:
     return best
 
 
-def bench_binary(d: str, fmt: str, n: int, workers: list[int], repeat: int) -> list[Row]:
+WHAT = ("decode", "reader", "prefetch", "busy")
+FORMATS = ("Raw", "RawAsync", "Parquet", "Norm", "CriteoTSV", "Preprocess")
+
+
+def bench_binary(d: str, fmt: str, n: int, workers: list[int], repeat: int,
+                 what: tuple[str, ...] = WHAT) -> list[Row]:
     sch = DataSchema([1], ["label"], 13, "dense", [SparseSpec("data1", 1, True, 26)])
     src = _write(d, fmt, n, 1 if fmt.startswith("Raw") else 16)
     sizes = SIZES if fmt in ("RawAsync", "Parquet") else []
@@ -139,15 +149,17 @@ def bench_binary(d: str, fmt: str, n: int, workers: list[int], repeat: int) -> l
             with _Busy() if busy else contextlib.nullcontext():
                 return sum(b.batch_size for b in it)
 
-        rows.append((fmt, "decode", w, *_best(repeat, decode)))
-        rows.append((fmt, "reader", w, *_best(repeat, read)))
-        rows.append((fmt, "prefetch", w, *_best(repeat, lambda: read(prefetch=True))))
-        rows.append((fmt, "prefetch, busy main", w,
-                     *_best(repeat, lambda: read(prefetch=True, busy=True))))
+        runs = {"decode": ("decode", decode), "reader": ("reader", read),
+                "prefetch": ("prefetch", lambda: read(prefetch=True)),
+                "busy": ("prefetch, busy main", lambda: read(prefetch=True, busy=True))}
+        for key in what:
+            name, run = runs[key]
+            rows.append((fmt, name, w, *_best(repeat, run)))
     return rows
 
 
-def bench_text(d: str, copies: int, workers: list[int], repeat: int) -> list[Row]:
+def bench_text(d: str, copies: int, workers: list[int], repeat: int, reader: bool = True
+               ) -> list[Row]:
     sch = DataSchema([1], ["label"], 13, "dense", [SparseSpec("data1", 1, True, 26)])
     big = os.path.join(d, "criteo.txt")
     with open(CRITEO, "rb") as fh:
@@ -169,7 +181,8 @@ def bench_text(d: str, copies: int, workers: list[int], repeat: int) -> list[Row
                                                            drop_incomplete_batch=False))
 
         rows.append(("Criteo TSV -> Parquet", "preprocess (2 passes)", w, *_best(repeat, prep)))
-        rows.append(("CriteoTSV", "reader", w, *_best(repeat, read)))
+        if reader:
+            rows.append(("CriteoTSV", "reader", w, *_best(repeat, read)))
     return rows
 
 
@@ -178,27 +191,34 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2_000_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1])
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs")
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="formats to run (Raw RawAsync Parquet Norm CriteoTSV); default all")
+    ap.add_argument("--only", "--formats", nargs="*", default=None,
+                    help=f"formats to run ({' '.join(FORMATS)}; any case); default all but "
+                         "Preprocess (CriteoTSV runs it)")
+    ap.add_argument("--what", nargs="*", default=list(WHAT), choices=WHAT,
+                    help="rows of the binary formats (busy = prefetch next to a busy thread)")
     ap.add_argument("--text-copies", type=int, default=10,
                     help="copies of the 10k-row Criteo sample for the text rows")
     a = ap.parse_args()
     share_gil()  # as Model.fit's reader does
-    only = set(a.only or ["Raw", "RawAsync", "Parquet", "Norm", "CriteoTSV"])
+    names = {f.lower(): f for f in FORMATS}
+    unknown = [f for f in a.only or [] if f.lower() not in names]
+    if unknown:
+        ap.error(f"unknown format(s) {unknown}; choose from {' '.join(FORMATS)}")
+    only = {names[f.lower()] for f in a.only} if a.only else set(FORMATS[:5])
     print(f"# data readers, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, workers={a.workers}, samples={a.samples}, "
           f"best of {a.repeat}, text parser: {'pyarrow' if arrowtext.available() else 'numpy'}")
     print("| format | what | workers | rows | rows/s | rows/CPU-s |")
     print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
-        for fmt in ("Raw", "RawAsync", "Parquet", "Norm", "CriteoTSV"):
-            if fmt not in only:
+        for fmt in FORMATS:
+            if fmt not in only or (fmt == "Preprocess" and "CriteoTSV" in only):
                 continue
-            if fmt == "CriteoTSV":
-                rows = bench_text(d, a.text_copies, a.workers, a.repeat) if CRITEO.exists() \
-                    else []
+            if fmt in ("CriteoTSV", "Preprocess"):
+                rows = bench_text(d, a.text_copies, a.workers, a.repeat,
+                                  reader=fmt == "CriteoTSV") if CRITEO.exists() else []
             else:
-                rows = bench_binary(d, fmt, a.samples, a.workers, a.repeat)
+                rows = bench_binary(d, fmt, a.samples, a.workers, a.repeat, tuple(a.what))
             for name, what, w, n, rate, per_cpu in rows:
                 cpu = "-" if math.isnan(per_cpu) else f"{per_cpu:,.0f}"
                 print(f"| {name} | {what} | {w} | {n:,} | {rate:,.0f} | {cpu} |", flush=True)

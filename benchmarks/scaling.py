@@ -182,7 +182,7 @@ def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.devi
             where = ("row_wise over every rank" if a.plan == "row_wise" or a.index == "hash"
                      else "slot-wise (slot i on rank i mod N, HugeCTR's Localized placement)")
             print(f"placement: {where}" if world > 1 else
-                  "placement: whole table on one device", flush=True)
+                  f"placement: whole table on one device ({where} over 1 rank)", flush=True)
 
     def step(i: int) -> None:
         model.train(batches[i % len(batches)][0])

@@ -23,7 +23,8 @@ def scaling():
 
 def args(**kw) -> argparse.Namespace:
     a = argparse.Namespace(batch=32, max_rows=200, dim=8, steps=2, warmup=1, index="direct",
-                           criteo_1tb=False, peer=True, bottom=[16, 8], top=[16, 1], tiny=True)
+                           criteo_1tb=False, peer=True, bottom=[16, 8], top=[16, 1], tiny=True,
+                           plan="slot_wise", profile=0)
     vars(a).update(kw)
     return a
 

@@ -33,7 +33,9 @@ def preprocess_criteo(inputs: str | list[str], out_dir: str, format: str = "parq
     """Criteo day files (label, I1-I13, C1-C26; plain or .gz) -> ``format`` under ``out_dir``.
 
     Options (also for the other entry points): ``on_error`` ("raise" | "skip"), ``num_workers``
-    (default: all cores), ``block_bytes``, ``rows_per_file``, ``progress``.
+    (default: all cores; each worker process also encodes and writes its own part files),
+    ``block_bytes``, ``rows_per_file`` (about that many rows per part, in whole blocks; see
+    :mod:`~terarec.data.preprocess.pipeline`), ``progress``.
     """
     return preprocess_text(inputs, out_dir, criteo_spec(), format=format,
                            eval_inputs=eval_inputs, eval_last_rows=eval_last_rows,

@@ -1,11 +1,20 @@
 """Streaming, multiprocess two-pass preprocessing of text data into Parquet / Raw / Norm.
 
-Pass 1 (fit) reads the training rows block by block (~16 MiB of whole lines, plain or ``.gz``)
-on a process pool and merges dense statistics and per-column value counts; the fitted
-:class:`Transform` is saved (JSON). Pass 2 applies it and the main process writes the output in
-input order. Memory is bounded by the block size x the number of blocks in flight (plus the
-vocabularies). Bad rows: ``on_error="raise"`` (default) stops at the first with file, line and
-field; ``"skip"`` drops them and lists them in the summary.
+The input is cut into blocks of whole lines (~``block_bytes``, plain or ``.gz``). Pass 1 (fit)
+parses the training blocks on a process pool and merges dense statistics and per-column value
+counts; the fitted :class:`Transform` is saved (JSON). Pass 2 applies it on the pool too: every
+task covers consecutive blocks, and its worker encodes and writes the rows of each split into
+its own part file (:mod:`~terarec.data.preprocess.parts`), so encoding scales with the workers.
+The main process only lists the parts in input order. Memory is bounded by the block size x
+the number of blocks in flight (plus the vocabularies). Bad rows: ``on_error="raise"``
+(default) stops at the first with file, line and field; ``"skip"`` drops them and lists them in
+the summary.
+
+Parts: a task takes consecutive blocks of plain files until they hold ``rows_per_file`` lines
+(whole blocks, so a part may hold up to one block more), or fewer when the input has fewer than
+``2 x workers x rows_per_file`` lines, so that every worker has about two parts to write; a
+block of a ``.gz`` file (its bytes travel with the task) is a task of its own. The part layout can thus
+depend on the number of workers; the rows, their order and every value do not.
 
 Output layout (``out_dir``): ``train/`` and ``val/`` each with ``part_<k>.parquet`` +
 ``_file_list.txt`` + ``_metadata.json`` (format ``"parquet"``), ``<split>_data.bin``
@@ -16,39 +25,33 @@ Output layout (``out_dir``): ``train/`` and ``val/`` each with ``part_<k>.parque
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 import numpy as np
 
+from terarec.data.preprocess.parts import OUTPUT_FORMATS, SPLITS, SplitParts
 from terarec.data.preprocess.result import PreprocessResult
 from terarec.data.preprocess.spec import TextSpec, parse_block
 from terarec.data.preprocess.transform import FitStats, Transform
-from terarec.data.readers.chunk import Chunk, fixed_lengths
 from terarec.data.readers.criteo_tsv import iter_counted_blocks, iter_line_blocks
-from terarec.data.writers import (
-    parquet_column_names,
-    write_file_list,
-    write_norm,
-    write_parquet,
-    write_parquet_metadata,
-    write_raw_async,
-)
+from terarec.data.writers import parquet_column_names
 from terarec.errors import ConfigError, DataError
-from terarec.utils.registry import Registry
 
-OUTPUT_FORMATS: Registry[type] = Registry("preprocessing output format")
+#: (path, first line number, global data-row index of that line, block, lines in the block)
+Block = tuple[str, int, int, "bytes | tuple", int]
 
 
 def _blocks(paths: list[str], spec: TextSpec, block_bytes: int, workers: int = 1
-            ) -> Iterator[tuple[str, int, int, bytes | tuple]]:
-    """(path, first line number, global data-row index of that line, block) for every block.
+            ) -> Iterator[Block]:
+    """(path, first line number, global data-row index of that line, block, lines) per block.
 
     ``block`` is the bytes of whole lines or, for plain (not gzip) files, a reference
     ``(path, start, stop)`` that the worker process reads itself (:func:`_load`), so that the
@@ -72,7 +75,7 @@ def _blocks(paths: list[str], spec: TextSpec, block_bytes: int, workers: int = 1
                         data, line0, n = data[nl + 1:], line0 + 1, n - 1
                 first = False
                 if data:
-                    yield path, line0, g, data
+                    yield path, line0, g, data, n
                     g += n
             continue
         line0, start = 1, 0
@@ -86,7 +89,7 @@ def _blocks(paths: list[str], spec: TextSpec, block_bytes: int, workers: int = 1
         refs = [(path, a, b) for a, b in _cuts(path, start, block_bytes)]
         counts = list(_map(_count_lines, refs, workers))
         for ref, n in zip(refs, counts):
-            yield path, line0, g, ref
+            yield path, line0, g, ref, n
             line0 += n
             g += n
 
@@ -147,8 +150,9 @@ def read_header(path: str, sep: str) -> list[str]:
     raise DataError(path, "file is empty; expected a header line", row=1)
 
 
-#: (spec, transform) of the running pass, set once per worker process (``_share``) so that
-#: tasks carry only their block, not the vocabularies.
+#: what every task of the running pass needs, set once per worker process (``_share``) so
+#: that tasks carry only their blocks: (spec, transform) for the fit, plus (format class,
+#: output directory, on_error) for the apply pass.
 _SHARED: tuple = ()
 
 
@@ -157,27 +161,53 @@ def _share(shared: tuple) -> None:
     _SHARED = shared
 
 
-def _task(args: tuple) -> tuple:
-    mode, path, line0, g0, block, eval_start, max_bad = args
-    spec, transform = _SHARED
-    p = parse_block(spec, np.frombuffer(_load(block), np.uint8), line0, max_bad)
-    bad = [(path, ln, msg) for ln, msg in p.bad]
-    is_eval = (g0 + (p.lines - line0)) >= eval_start
-    if mode == "fit":
-        tr = p if not is_eval.any() else _rows(p, ~is_eval)
-        return FitStats.of(tr, transform.hash_buckets is None), bad, p.n_bad, len(p.lines)
-    tr, ev = _rows(p, ~is_eval), _rows(p, is_eval)
-    return (_ship(transform.apply(tr)), _ship(transform.apply(ev))), bad, p.n_bad, len(p.lines)
+def _parse(block: Block, max_bad: int):
+    """Parse one block: (Parsed rows, bad rows as (path, line, problem))."""
+    path, line0, _, data, _ = block
+    p = parse_block(_SHARED[0], np.frombuffer(_load(data), np.uint8), line0, max_bad)
+    return p, [(path, ln, msg) for ln, msg in p.bad]
 
 
-def _ship(c: Chunk) -> tuple:
-    """A one-key-per-slot chunk without its ``lengths`` (all ones): what a worker sends back."""
-    return c.labels, c.dense, c.keys[0], c.lengths[0].shape[1]
+def _is_eval(p, block: Block, eval_start: int) -> np.ndarray:
+    """Which parsed rows of ``block`` go to the eval split (global row index >= eval_start)."""
+    _, line0, g0, _, _ = block
+    return (g0 + (p.lines - line0)) >= eval_start
 
 
-def _unship(t: tuple) -> Chunk:
-    labels, dense, keys, S = t
-    return Chunk(labels, dense, [keys], [fixed_lengths(len(labels), [1] * S)])
+def _fit_task(args: tuple) -> tuple:
+    """Pass 1 on one block: (FitStats of its training rows, bad rows, bad count, rows)."""
+    block, eval_start, max_bad = args
+    transform = _SHARED[1]
+    p, bad = _parse(block, max_bad)
+    is_eval = _is_eval(p, block, eval_start)
+    tr = p if not is_eval.any() else _rows(p, ~is_eval)
+    return FitStats.of(tr, transform.hash_buckets is None), bad, p.n_bad, len(p.lines)
+
+
+def _apply_task(args: tuple) -> tuple:
+    """Pass 2 on consecutive blocks: write this task's part of each split.
+
+    Returns ({split: (path, rows) or None}, bad rows, bad count, rows). With ``on_error=
+    "raise"`` it stops at the first block with a bad row (the main process raises for it).
+    """
+    blocks, index, max_bad = args
+    _, transform, part_cls, out_dir, on_error = _SHARED
+    parts = {s: part_cls(out_dir, s, index, transform) for s in SPLITS}
+    bad: list[tuple[str, int, str]] = []
+    n_bad = n = 0
+    try:
+        for block, eval_start in blocks:
+            p, b = _parse(block, max_bad)
+            bad += b[: max(0, max_bad - len(bad))]
+            n_bad, n = n_bad + p.n_bad, n + len(p.lines)
+            if p.n_bad and on_error == "raise":
+                break
+            is_eval = _is_eval(p, block, eval_start)
+            parts["train"].add(transform.apply(_rows(p, ~is_eval)))
+            parts["val"].add(transform.apply(_rows(p, is_eval)))
+    finally:
+        written = {s: w.close() for s, w in parts.items()}
+    return written, bad, n_bad, n
 
 
 def _rows(p, keep):
@@ -186,13 +216,34 @@ def _rows(p, keep):
     return _mask_rows(p, keep)
 
 
-def _run(tasks: Iterator[tuple], workers: int, shared: tuple) -> Iterator[tuple]:
-    """Map ``_task`` over ``tasks`` in order with at most ``2 * workers`` in flight; ``shared``
-    = (spec, transform) is handed to every worker process once."""
+def _part_tasks(blocks: Iterable[tuple[Block, int]], target: int, max_bad: int
+                ) -> Iterator[tuple]:
+    """Group (block, eval_start) pairs into pass-2 tasks: consecutive plain-file blocks until
+    they hold ``target`` lines; a gzip block (bytes) alone."""
+    group: list[tuple[Block, int]] = []
+    lines = k = 0
+    for item in blocks:
+        inline = isinstance(item[0][3], bytes)
+        if group and (inline or lines >= target):
+            yield group, k, max_bad
+            group, lines, k = [], 0, k + 1
+        group.append(item)
+        lines += item[0][4]
+        if inline:
+            yield group, k, max_bad
+            group, lines, k = [], 0, k + 1
+    if group:
+        yield group, k, max_bad
+
+
+def _run(fn: Callable[[tuple], tuple], tasks: Iterator[tuple], workers: int, shared: tuple
+         ) -> Iterator[tuple]:
+    """Map ``fn`` over ``tasks`` in order with at most ``2 * workers`` in flight; ``shared``
+    is handed to every worker process once (``_SHARED``)."""
     if workers <= 1:
         _share(shared)
         for t in tasks:
-            yield _task(t)
+            yield fn(t)
         return
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     pool: Executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share,
@@ -200,7 +251,7 @@ def _run(tasks: Iterator[tuple], workers: int, shared: tuple) -> Iterator[tuple]
     try:
         pending: deque[Future] = deque()
         for t in tasks:
-            pending.append(pool.submit(_task, t))
+            pending.append(pool.submit(fn, t))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -225,127 +276,6 @@ class _Progress:
                   file=sys.stderr, flush=True)
 
 
-class _Output:
-    """Accumulates chunks of one split and writes files of ``rows_per_file`` rows.
-
-    Complete files are encoded and written on ``writers`` background threads (pyarrow and
-    numpy release the GIL), at most ``writers`` files in flight; ``close`` waits for all of them
-    and re-raises a failed write.
-    """
-
-    ext = ""
-
-    def __init__(self, directory: str, t: Transform, rows_per_file: int, writers: int = 1) -> None:
-        self.dir, self.t, self.rows_per_file = directory, t, rows_per_file
-        os.makedirs(directory, exist_ok=True)
-        self.buf: list[Chunk] = []
-        self.have = 0
-        self.files: list[str] = []
-        self.rows: list[int] = []
-        self.writers = max(1, writers)
-        self._pool: ThreadPoolExecutor | None = None
-        self._writing: deque[Future] = deque()
-
-    def add(self, c: Chunk) -> None:
-        if len(c):
-            self.buf.append(c)
-            self.have += len(c)
-        while self.have >= self.rows_per_file:
-            whole = Chunk.concat(self.buf)
-            self._flush(whole.slice(0, self.rows_per_file))
-            rest = whole.slice(self.rows_per_file, len(whole))
-            self.buf, self.have = ([rest] if len(rest) else []), len(rest)
-
-    def _flush(self, c: Chunk) -> None:
-        path = os.path.join(self.dir, f"part_{len(self.files):05d}{self.ext}")
-        self.files.append(path)
-        self.rows.append(len(c))
-        if self.writers == 1:
-            self.write(path, c)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="terarec-write")
-        self._writing.append(self._pool.submit(self.write, path, c))
-        while len(self._writing) > self.writers:
-            self._writing.popleft().result()
-
-    def wait(self) -> None:
-        """Finish the background writes (re-raising the first failure); idempotent."""
-        try:
-            while self._writing:
-                self._writing.popleft().result()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
-
-    def close(self) -> str:
-        if self.have or not self.files:
-            self._flush(Chunk.concat(self.buf) if self.buf else _empty(self.t))
-        self.wait()
-        src = os.path.join(self.dir, "_file_list.txt")
-        write_file_list(src, self.files)
-        return src
-
-    def write(self, path: str, c: Chunk) -> None:
-        raise NotImplementedError
-
-
-def _empty(t: Transform) -> Chunk:
-    L, D, S = len(t.label_names), len(t.dense_names), len(t.cat_names)
-    return Chunk(np.zeros((0, L), np.float32), np.zeros((0, D), np.float32),
-                 [np.zeros(0, np.int64)], [np.zeros((0, S), np.int64)])
-
-
-@OUTPUT_FORMATS.register("parquet", "Parquet")
-class _ParquetOut(_Output):
-    ext = ".parquet"
-
-    def write(self, path: str, c: Chunk) -> None:
-        write_parquet(path, c, i64_input_key=True, multi_hot=False, names=self.names())
-
-    def names(self) -> tuple[list, list, list]:
-        t = self.t
-        return (t.label_names, t.dense_names, t.cat_names)
-
-    def close(self) -> str:
-        src = super().close()
-        write_parquet_metadata(self.dir, self.files, self.rows, self.names())
-        return src
-
-
-@OUTPUT_FORMATS.register("norm", "Norm")
-class _NormOut(_Output):
-    ext = ".data"
-
-    def write(self, path: str, c: Chunk) -> None:
-        sizes = self.t.slot_size_array
-        off = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        S = len(sizes)
-        keys = (c.keys[0].reshape(-1, S) + off).reshape(-1) if S else c.keys[0]
-        i64 = sum(sizes) > 0xFFFFFFFF
-        write_norm(path, Chunk(c.labels, c.dense, [keys], c.lengths), check_type="Sum",
-                   i64_input_key=i64)
-
-
-@OUTPUT_FORMATS.register("raw", "RawAsync", "Raw")
-class _RawOut(_Output):
-    def __init__(self, directory: str, t: Transform, rows_per_file: int, writers: int = 1) -> None:
-        super().__init__(os.path.dirname(directory) or ".", t, 1 << 62)  # appends: serial
-        self.path = os.path.join(self.dir, f"{os.path.basename(directory)}_data.bin")
-        open(self.path, "wb").close()
-        self.n = 0
-
-    def add(self, c: Chunk) -> None:
-        write_raw_async(self.path, c, i64_input_key=False, is_dense_float=True, append=True)
-        self.n += len(c)
-
-    def close(self) -> str:
-        self.rows = [self.n]
-        self.files = [self.path]
-        return self.path
-
-
 def preprocess_text(
     inputs: list[str], out_dir: str, spec: TextSpec, *, format: str = "parquet",
     eval_inputs: list[str] | None = None, eval_last_rows: int = 0, dense_mode: str = "log",
@@ -359,83 +289,42 @@ def preprocess_text(
     if dense_mode not in ("log", "standardize", "none"):
         raise ConfigError("preprocess(dense_mode=...)", "'log', 'standardize' or 'none'",
                           dense_mode)
-    out_cls = OUTPUT_FORMATS.get(format, "preprocess(format=...)")
+    part_cls = OUTPUT_FORMATS.get(format, "preprocess(format=...)")
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     eval_inputs = [eval_inputs] if isinstance(eval_inputs, str) else list(eval_inputs or [])
     if not inputs:
         raise DataError("<inputs>", "no input files given")
     workers = num_workers or os.cpu_count() or 1
-    max_bad = 100
-    total = _count_rows(inputs, spec, block_bytes, workers) if eval_last_rows else 0
+    train_blocks = _BlockList(inputs, spec, block_bytes, workers)
+    eval_blocks = _BlockList(eval_inputs, spec, block_bytes, workers)
+    total = train_blocks.lines() if eval_last_rows else 0
     eval_start = total - eval_last_rows if eval_last_rows else 1 << 62
     if eval_last_rows and eval_start <= 0:
         raise ConfigError("preprocess(eval_last_rows=...)", f"fewer than the {total} input rows",
                           eval_last_rows)
-    bad: list[tuple[str, int, str]] = []
-    n_bad = 0
-
-    def consume(results: Iterator[tuple], each: Callable, prog: _Progress) -> None:
-        nonlocal n_bad
-        for out, b, nb, n in results:
-            if nb and on_error == "raise":
-                path, line, msg = b[0]
-                raise DataError(path, msg, row=line)
-            bad.extend(b[: max(0, 100 - len(bad))])
-            n_bad += nb
-            each(out)
-            prog.add(n)
-
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     if transform is None:
         transform = Transform(spec.label or ["label"], spec.dense, _cat_names(spec), dense_mode,
                               freq_threshold, hash_buckets)
-        stats = FitStats()
-        prog = _Progress("pass 1/2 (fit)", progress)
-
-        def merge(st: FitStats) -> None:
-            nonlocal stats
-            stats = stats.merge(st)
-
-        consume(_run(((("fit", *b, eval_start, max_bad)
-                       for b in _blocks(inputs, spec, block_bytes, workers))), workers,
-                     (spec, transform)),
-                merge, prog)
-        prog.add(0, final=True)
-        transform.fit(stats)
-        n_bad = 0
-        bad.clear()
+        transform.fit(_fit(train_blocks, eval_start, workers, (spec, transform), on_error,
+                           progress))
     transform.save(out_dir)
-    outs = {s: out_cls(os.path.join(out_dir, s), transform, rows_per_file,
-                       max(1, min(8, workers // 2)))
-            for s in ("train", "val")}
-    prog = _Progress("pass 2/2 (write)", progress)
-
-    def write(pair: tuple[tuple, tuple]) -> None:
-        outs["train"].add(_unship(pair[0]))
-        outs["val"].add(_unship(pair[1]))
-
-    try:
-        consume(_run((("apply", *b, eval_start, max_bad)
-                      for b in _blocks(inputs, spec, block_bytes, workers)), workers,
-                     (spec, transform)),
-                write, prog)
-        for path, *rest in _blocks(eval_inputs, spec, block_bytes):
-            consume(_run(iter([("apply", path, *rest, -1, max_bad)]), 1, (spec, transform)),
-                    write, prog)
-        prog.add(0, final=True)
-        sources = {s: o.close() for s, o in outs.items()}
-    finally:
-        for o in outs.values():
-            o.wait()
+    splits = {s: SplitParts(part_cls, out_dir, s, transform) for s in SPLITS}
+    pairs = itertools.chain(((b, eval_start) for b in train_blocks),
+                            ((b, -1) for b in eval_blocks))
+    target = _part_rows(rows_per_file, workers, train_blocks, eval_blocks)
+    bad, n_bad = _write_parts(_part_tasks(pairs, target, _MAX_BAD), splits, workers,
+                              (spec, transform, part_cls, out_dir, on_error), on_error, progress)
+    sources = {s: parts.close() for s, parts in splits.items()}
     res = PreprocessResult(
-        out_dir=out_dir, format=out_cls.__name__.strip("_").replace("Out", "").lower(),
-        source=sources["train"], eval_source=sources["val"],
-        train_files=outs["train"].files, eval_files=outs["val"].files,
-        rows=sum(outs["train"].rows), eval_rows=sum(outs["val"].rows),
-        slot_size_array=transform.slot_size_array, dense_dim=len(transform.dense_names),
-        label_dim=len(transform.label_names), bad_rows=n_bad, bad_examples=bad,
-        cat_names=transform.cat_names, seconds=time.perf_counter() - t0,
+        out_dir=out_dir, format=part_cls.name, source=sources["train"],
+        eval_source=sources["val"], train_files=splits["train"].files,
+        eval_files=splits["val"].files, rows=sum(splits["train"].rows),
+        eval_rows=sum(splits["val"].rows), slot_size_array=transform.slot_size_array,
+        dense_dim=len(transform.dense_names), label_dim=len(transform.label_names),
+        bad_rows=n_bad, bad_examples=bad, cat_names=transform.cat_names,
+        seconds=time.perf_counter() - t0,
     )
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(res.to_json(), fh, indent=1)
@@ -444,15 +333,80 @@ def preprocess_text(
     return res
 
 
+#: bad rows listed per block and in the summary
+_MAX_BAD = 100
+
+
+class _BlockList:
+    """The blocks of some input files, iterable more than once: listed once when every file
+    is plain (references; the line counting pass runs once), read again for ``.gz`` files."""
+
+    def __init__(self, paths: list[str], spec: TextSpec, block_bytes: int, workers: int) -> None:
+        self.args = (paths, spec, block_bytes, workers)
+        self.listed: list[Block] | None = None
+        if not any(p.endswith(".gz") for p in paths):
+            self.listed = list(_blocks(*self.args))
+
+    def __iter__(self) -> Iterator[Block]:
+        return iter(self.listed) if self.listed is not None else _blocks(*self.args)
+
+    def lines(self) -> int:
+        return sum(b[4] for b in self)
+
+
+def _part_rows(rows_per_file: int, workers: int, *blocks: _BlockList) -> int:
+    """Lines per pass-2 task: ``rows_per_file``, or fewer so that every worker gets about two
+    parts when the (plain-file) input is small."""
+    if any(b.listed is None for b in blocks) or workers <= 1:
+        return max(1, rows_per_file)
+    total = sum(b.lines() for b in blocks)
+    return max(1, min(rows_per_file, -(-total // (2 * workers))))
+
+
+def _check_bad(result: tuple, on_error: str, bad: list, n_bad: int) -> int:
+    """Raise for a task's first bad row (``on_error="raise"``), else note its bad rows; returns
+    the new bad-row count."""
+    _, b, nb, _ = result
+    if nb and on_error == "raise":
+        path, line, msg = b[0]
+        raise DataError(path, msg, row=line)
+    bad.extend(b[: max(0, _MAX_BAD - len(bad))])
+    return n_bad + nb
+
+
+def _fit(blocks: _BlockList, eval_start: int, workers: int, shared: tuple, on_error: str,
+         progress: bool) -> FitStats:
+    """Pass 1: merged statistics of the training rows of every block."""
+    stats = FitStats()
+    prog = _Progress("pass 1/2 (fit)", progress)
+    tasks = ((b, eval_start, _MAX_BAD) for b in blocks)
+    for result in _run(_fit_task, tasks, workers, shared):
+        _check_bad(result, on_error, [], 0)
+        stats = stats.merge(result[0])
+        prog.add(result[3])
+    prog.add(0, final=True)
+    return stats
+
+
+def _write_parts(tasks: Iterator[tuple], splits: dict[str, SplitParts], workers: int,
+                 shared: tuple, on_error: str, progress: bool) -> tuple[list, int]:
+    """Pass 2: the workers write the parts; they are listed in task (= input) order. Returns
+    (bad row examples, bad row count)."""
+    bad: list[tuple[str, int, str]] = []
+    n_bad = 0
+    prog = _Progress("pass 2/2 (write)", progress)
+    for result in _run(_apply_task, tasks, workers, shared):
+        n_bad = _check_bad(result, on_error, bad, n_bad)
+        for split, part in result[0].items():
+            if part is not None:
+                splits[split].add(*part)
+        prog.add(result[3])
+    prog.add(0, final=True)
+    return bad, n_bad
+
+
 def _cat_names(spec: TextSpec) -> list[str]:
     return spec.cats if spec.kind != "libsvm" else [f"C{i + 1}" for i in range(spec.num_fields)]
-
-
-def _count_rows(paths: list[str], spec: TextSpec, block_bytes: int, workers: int = 1) -> int:
-    last: tuple = ("", 0, 0, b"")
-    for b in _blocks(paths, spec, block_bytes, workers):
-        last = b
-    return last[2] + _load(last[3]).count(b"\n")  # rows before the last block + its rows
 
 
 __all__ = ["OUTPUT_FORMATS", "parquet_column_names", "preprocess_text", "read_header"]

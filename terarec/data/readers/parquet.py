@@ -105,10 +105,35 @@ def _is_parquet(path: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _FilePlan:
+    """How one file's row groups are converted, from its column types (once per file).
+
+    ``fast``: every label and dense column a number, every slot column a scalar integer that
+    fits int64, ``dense_dim`` dense columns and every slot allowing a key: such blocks take
+    :meth:`ParquetSource._fast_chunk` unless they hold nulls. ``dense_f32``: all dense columns
+    float32 (the dense block is then one ``to_tensor``).
+    """
+
+    fast: bool
+    dense_f32: bool
+
+
 class ParquetSource(FormatSource):
+    """Parquet files (module docstring); one decode unit per row group (or part of one).
+
+    Per file, once: the footer (row counts, row-group layout) and whether its column types allow
+    the fast conversion (:meth:`_plan`). Per row group: one read of the needed columns, then
+    either the fast conversion (:meth:`_fast_chunk`: a few whole-block numpy operations, which
+    release the GIL) or, for list columns, nulls or other types, the general one
+    (:meth:`_general_chunk`). Both give the same chunk and the same errors.
+    """
+
     def resolve(self, source: str | list[str]) -> list[str]:
         paths = resolve_parquet_source(source)
-        self._pf_meta = {}
+        self._pf_meta: dict = {}
+        self._group_starts: dict[str, np.ndarray] = {}
+        self._plans: dict[str, _FilePlan] = {}
         meta_path = os.path.join(os.path.dirname(paths[0]), "_metadata.json")
         self.meta_rows: dict[str, int] = {}
         if os.path.isfile(meta_path):
@@ -129,6 +154,7 @@ class ParquetSource(FormatSource):
             self.columns = infer_columns(_pq().read_schema(paths[0]))
             self.columns_from = f"{paths[0]} (inferred, no _metadata.json)"
         self._check_columns_vs_schema()
+        self._init_slot_limits()
         return paths
 
     def _check_columns_vs_schema(self) -> None:
@@ -144,12 +170,24 @@ class ParquetSource(FormatSource):
             raise DataError(self.columns_from, f"slot_size_array has {len(sizes)} entries for "
                             f"{len(c.cats)} categorical columns", field="cats")
 
+    def _init_slot_limits(self) -> None:
+        """Slot sizes, slot offsets and nnz limits as arrays (used by every row group)."""
+        S = len(self.columns.cats)
+        sizes = self.config.slot_size_array
+        self._sizes = np.asarray(sizes, dtype=np.int64) if sizes else None
+        self._offs = (np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes
+                      else np.zeros(S, dtype=np.int64))
+        self._maxnnz = np.asarray([m for sp in self.schema.sparse for m in sp.nnz_per_slot],
+                                  dtype=np.int64)
+
     def file_num_samples(self, path: str) -> int:
         try:
             md = _pq().ParquetFile(path).metadata
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(path, f"not a readable parquet file: {exc}") from None
         self._pf_meta[path] = md
+        rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+        self._group_starts[path] = np.concatenate(([0], np.cumsum(rows))).astype(np.int64)
         n = int(md.num_rows)
         want = self.meta_rows.get(os.path.basename(path))
         if want is not None and want != n:
@@ -158,40 +196,132 @@ class ParquetSource(FormatSource):
         return n
 
     def pieces(self, index: int, start: int, stop: int) -> list[tuple[int, int]]:
-        md = self._pf_meta[self.paths[index]]
-        out, base = [], 0
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            a, b = max(start, base), min(stop, base + n)
+        bounds = self._group_starts[self.paths[index]]
+        out = []
+        for g in range(bounds.size - 1):
+            a, b = max(start, int(bounds[g])), min(stop, int(bounds[g + 1]))
             if a < b:
                 out.append((a, b))
-            base += n
         return out
 
     def decode(self, path: str, start: int, stop: int) -> Iterator[Chunk]:
-        pf = _pq().ParquetFile(path)
-        md = pf.metadata
-        base, groups, first = 0, [], 0
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            if base < stop and base + n > start:
-                if not groups:
-                    first = base
-                groups.append(g)
-            base += n
-        c = self.columns
+        yield self._to_chunk(path, self._read(path, start, stop), start)
+
+    def _read(self, path: str, start: int, stop: int):
+        """Rows ``[start, stop)`` of ``path``: one read of the row groups that hold them."""
+        md = self._pf_meta.get(path)
+        if md is None:  # a file this source did not list: read its footer now
+            self.file_num_samples(path)
+            md = self._pf_meta[path]
+        bounds = self._group_starts[path]
+        groups = [g for g in range(bounds.size - 1) if bounds[g] < stop and bounds[g + 1] > start]
+        first = int(bounds[groups[0]]) if groups else 0
+        names = self.columns.labels + self.columns.dense + self.columns.cats
         try:
-            # Units already decode on num_workers threads: pyarrow's own pool on top of them
-            # oversubscribes the cores (1.1M rows per CPU-s with 16 workers on 16 cores vs 1.9M
-            # on 2), so one reader thread decodes its row groups by itself.
-            table = pf.read_row_groups(groups, columns=c.labels + c.dense + c.cats,
+            # The footer was parsed once (file_num_samples). Without pre-buffering (pyarrow
+            # reading the column chunks ahead on its I/O threads) the read costs ~13% less CPU
+            # here; a memory map saved under 5% more and was left out. Units already decode on
+            # num_workers threads: pyarrow's own pool on top of them oversubscribes the cores
+            # (1.1M rows per CPU-s with 16 workers on 16 cores vs 1.9M on 2), so one reader
+            # thread decodes its row groups by itself.
+            pf = _pq().ParquetFile(path, metadata=md, pre_buffer=False)
+            table = pf.read_row_groups(groups, columns=names,
                                        use_threads=self.config.num_workers <= 1)
         except Exception as exc:
-            raise DataError(path, f"cannot read columns {c.labels + c.dense + c.cats}: {exc}"
-                            ) from None
-        table = table.slice(start - first, stop - start)
-        yield self._to_chunk(path, table, start)
+            raise DataError(path, f"cannot read columns {names}: {exc}") from None
+        if start != first or stop - start != table.num_rows:
+            table = table.slice(start - first, stop - start)
+        return table
 
+    def _to_chunk(self, path: str, table, row0: int) -> Chunk:
+        """One decoded block (rows counted from ``row0`` in error messages)."""
+        plan = self._plan(path, table.schema)
+        if table.num_rows and plan.fast:
+            arrays = _plain_columns(table)
+            if arrays is not None:
+                return self._fast_chunk(path, table, arrays, row0, plan)
+        return self._general_chunk(path, table, row0)
+
+    # -- fast conversion: scalar number columns, one key per slot, no nulls -------------------
+    def _plan(self, path: str, schema) -> _FilePlan:
+        """What ``path``'s column types allow (decided once per file)."""
+        plan = self._plans.get(path)
+        if plan is None:
+            plan = self._plans[path] = self._plan_of(schema)
+        return plan
+
+    def _plan_of(self, schema) -> _FilePlan:
+        import pyarrow as pa
+
+        c = self.columns
+        types = {f.name: f.type for f in schema}
+        number = [types.get(n) for n in c.labels + c.dense]
+        keys = [types.get(n) for n in c.cats]
+        fast = (all(t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t))
+                    for t in number)
+                and all(t is not None and pa.types.is_integer(t) and t != pa.uint64()
+                        for t in keys)
+                # otherwise the general path reports the dense width / nnz problem
+                and len(c.dense) == self.schema.dense_dim and bool((self._maxnnz >= 1).all()))
+        dense_f32 = bool(c.dense) and all(types.get(n) == pa.float32() for n in c.dense)
+        return _FilePlan(fast, dense_f32)
+
+    def _fast_chunk(self, path: str, table, arrays: list[np.ndarray], row0: int,
+                    plan: _FilePlan) -> Chunk:
+        """Chunk of a block whose columns are plain numpy arrays (labels, dense, slots)."""
+        c, sch = self.columns, self.schema
+        L, D = len(c.labels), len(c.dense)
+        n = arrays[0].size
+        labels = _stack_float32(arrays[:L], n)
+        if plan.dense_f32:  # one C++ pass (GIL released once) builds the row-major block
+            dense = table.select(c.dense).to_tensor().to_numpy()
+        else:
+            dense = _stack_float32(arrays[L : L + D], n)
+        check_dense_finite(path, dense, row0)
+        keys = self._one_hot_keys(path, arrays[L + D :], n, row0)
+        k, ln = split_slots(sch, keys, fixed_lengths(n, [1] * len(c.cats)))
+        return Chunk(labels, dense, k, ln)
+
+    def _one_hot_keys(self, path: str, cols: list[np.ndarray], n: int, row0: int) -> np.ndarray:
+        """Sample-major int64 keys (slot offsets added) of one-key-per-slot columns.
+
+        One pass writes the ``(n, S)`` key matrix (with slot offsets: one add per column into
+        its strided column; without: one ``np.stack``), then column-wise max (and min, for
+        signed keys with offsets) reductions check every slot at once. All of these release
+        the GIL for their whole work. Only a failing check scans the slot for the first bad key,
+        with the same error as the general path.
+        """
+        S = len(cols)
+        mat = np.empty((n, S), dtype=np.int64)
+        if not S:
+            return mat.reshape(-1)
+        if self._sizes is None:
+            np.stack(cols, axis=1, out=mat, casting="unsafe")
+            hi = _column_reduce(mat.view(np.uint64), np.maximum)  # negative: >= 2^63
+            bad = hi >= np.uint64(1 << 63)
+            top = hi.astype(np.int64)
+        else:
+            for s, col in enumerate(cols):
+                np.add(col, self._offs[s], out=mat[:, s], casting="unsafe")
+            top = _column_reduce(mat, np.maximum)
+            bad = top >= self._offs + self._sizes
+            if any(c.dtype.kind == "i" for c in cols):  # negative keys (or int64 wrap-around)
+                bad |= _column_reduce(mat, np.minimum) < self._offs
+        if bad.any():
+            s = int(np.flatnonzero(bad)[0])
+            self._check_slot(path, cols[s].astype(np.int64), s, np.arange(n), row0)
+        keys = mat.reshape(-1)
+        if not self.config.i64_input_key and int(top.max()) > 0xFFFFFFFF:
+            check_keys(path, keys, None, None, None, row0, False)
+        return keys
+
+    def _check_slot(self, path: str, vals: np.ndarray, s: int, rows: np.ndarray,
+                    row0: int) -> None:
+        """Raise the DataError for the first negative or too-large key of slot ``s``."""
+        check_keys(path, vals, np.full(vals.size, s), self._sizes, rows, row0, True,
+                   slot_names=self.columns.cats)
+
+    # -- general conversion: list columns, nulls, any number type ----------------------------
     def _float_block(self, path, table, names, row0) -> np.ndarray:
         """Float columns (scalar or fixed-width lists) side by side, one ``(n, width)`` array."""
         import pyarrow as pa
@@ -199,8 +329,7 @@ class ParquetSource(FormatSource):
         n = table.num_rows
         parts = []
         for name in names:
-            col = table.column(name)
-            col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+            col = _one_chunk(table.column(name))
             if col.null_count:
                 raise DataError(path, "null value", row=row0 + _first_null(col), field=name)
             if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):
@@ -216,73 +345,117 @@ class ParquetSource(FormatSource):
             c0 += part.shape[1]
         return out
 
-    def _to_chunk(self, path: str, table, row0: int) -> Chunk:
-        import pyarrow as pa
-
+    def _general_chunk(self, path: str, table, row0: int) -> Chunk:
         c, sch = self.columns, self.schema
-        n = table.num_rows
         labels = self._float_block(path, table, c.labels, row0)
         dense = self._float_block(path, table, c.dense, row0)
         if dense.shape[1] != sch.dense_dim:
             raise DataError(path, f"dense columns {c.dense} give {dense.shape[1]} values per "
                             f"sample, the Input has dense_dim {sch.dense_dim}", field="conts")
         check_dense_finite(path, dense, row0)
-        sizes = self.config.slot_size_array
-        S = len(c.cats)
-        offs = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes else \
-            np.zeros(S, dtype=np.int64)
+        per_slot, lengths, top = self._slot_columns(path, table, row0)
+        if lengths is None:
+            keys, lengths = self._one_hot_matrix(path, per_slot, table.num_rows, row0)
+        else:
+            keys = self._multi_hot_keys(path, per_slot, lengths, row0)
+        if not self.config.i64_input_key and top > 0xFFFFFFFF:
+            check_keys(path, keys, None, None, None, row0, False)
+        k, ln = split_slots(sch, keys, lengths)
+        return Chunk(labels, dense, k, ln)
+
+    def _slot_columns(self, path: str, table, row0: int
+                      ) -> tuple[list[np.ndarray], np.ndarray | None, int]:
+        """Per-slot key arrays (range-checked), ``lengths`` when a slot is a list column (else
+        None) and the largest key after offsets."""
+        import pyarrow as pa
+
+        n, S = table.num_rows, len(self.columns.cats)
         lengths: np.ndarray | None = None
         per_slot: list[np.ndarray] = []
         top = 0
-        for s, name in enumerate(c.cats):
-            col = table.column(name)
-            col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        for s, name in enumerate(self.columns.cats):
+            col = _one_chunk(table.column(name))
             if col.null_count:
                 raise DataError(path, "null value", row=row0 + _first_null(col), field=name)
             if pa.types.is_list(col.type):
                 if lengths is None:
                     lengths = np.ones((n, S), dtype=np.int64)
-                off = col.offsets.to_numpy()
                 vals = col.flatten().to_numpy(zero_copy_only=False)
-                lengths[:, s] = np.diff(off)
+                lengths[:, s] = np.diff(col.offsets.to_numpy())
             else:
                 vals = col.to_numpy(zero_copy_only=False)
             if vals.size:
                 lo, hi = int(vals.min()), int(vals.max())
-                if lo < 0 or (sizes and hi >= sizes[s]):
+                if lo < 0 or (self._sizes is not None and hi >= self._sizes[s]):
                     ln = lengths[:, s] if lengths is not None else np.ones(n, dtype=np.int64)
-                    rows = np.repeat(np.arange(n), ln)
-                    check_keys(path, vals.astype(np.int64), np.full(vals.size, s),
-                               np.asarray(sizes) if sizes else None, rows, row0, True,
-                               slot_names=c.cats)
-                top = max(top, hi + int(offs[s]))
+                    self._check_slot(path, vals.astype(np.int64), s,
+                                     np.repeat(np.arange(n), ln), row0)
+                top = max(top, hi + int(self._offs[s]))
             per_slot.append(vals)
-        maxnnz = np.asarray([m for sp in sch.sparse for m in sp.nnz_per_slot], dtype=np.int64)
-        if lengths is None:  # all one-hot: write the (n, S) key matrix column by column
-            if S and (maxnnz < 1).any() and n:
-                s = int(np.flatnonzero(maxnnz < 1)[0])
-                raise DataError(path, f"1 keys in one slot, nnz_per_slot allows {maxnnz[s]}",
-                                row=row0, field=c.cats[s])
-            mat = np.empty((n, S), dtype=np.int64)
-            for s, vals in enumerate(per_slot):
-                if offs[s]:
-                    np.add(vals, offs[s], out=mat[:, s], casting="unsafe")
-                else:
-                    mat[:, s] = vals
-            keys = mat.reshape(-1)
-            lengths = fixed_lengths(n, [1] * S)
-        else:
-            over = lengths > maxnnz
-            if over.any():
-                r, s = np.argwhere(over)[0]
-                raise DataError(path, f"{int(lengths[r, s])} keys in one slot, nnz_per_slot "
-                                f"allows {maxnnz[s]}", row=row0 + int(r), field=c.cats[s])
-            keys = _interleave([v.astype(np.int64, copy=False) + offs[s]
-                                for s, v in enumerate(per_slot)], lengths)
-        if not self.config.i64_input_key and top > 0xFFFFFFFF:
-            check_keys(path, keys, None, None, None, row0, False)
-        k, ln = split_slots(sch, keys, lengths)
-        return Chunk(labels, dense, k, ln)
+        return per_slot, lengths, top
+
+    def _one_hot_matrix(self, path: str, per_slot: list[np.ndarray], n: int, row0: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """All slots one-hot: the ``(n, S)`` key matrix, written column by column."""
+        S, maxnnz = len(per_slot), self._maxnnz
+        if S and (maxnnz < 1).any() and n:
+            s = int(np.flatnonzero(maxnnz < 1)[0])
+            raise DataError(path, f"1 keys in one slot, nnz_per_slot allows {maxnnz[s]}",
+                            row=row0, field=self.columns.cats[s])
+        mat = np.empty((n, S), dtype=np.int64)
+        for s, vals in enumerate(per_slot):
+            np.add(vals, self._offs[s], out=mat[:, s], casting="unsafe")
+        return mat.reshape(-1), fixed_lengths(n, [1] * S)
+
+    def _multi_hot_keys(self, path: str, per_slot: list[np.ndarray], lengths: np.ndarray,
+                        row0: int) -> np.ndarray:
+        over = lengths > self._maxnnz
+        if over.any():
+            r, s = np.argwhere(over)[0]
+            raise DataError(path, f"{int(lengths[r, s])} keys in one slot, nnz_per_slot "
+                            f"allows {self._maxnnz[s]}", row=row0 + int(r),
+                            field=self.columns.cats[s])
+        return _interleave([v.astype(np.int64, copy=False) + self._offs[s]
+                            for s, v in enumerate(per_slot)], lengths)
+
+
+def _plain_columns(table) -> list[np.ndarray] | None:
+    """Every column of a one-chunk ``table`` as a zero-copy numpy array, or None when one
+    cannot be (nulls, several chunks, a non-numeric type): the general path takes those."""
+    import pyarrow as pa
+
+    batches = table.to_batches()
+    if len(batches) != 1:
+        return None
+    try:
+        arrays = [a.to_numpy(zero_copy_only=True) for a in batches[0].columns]
+    except pa.ArrowInvalid:
+        return None
+    return arrays if all(a.dtype.kind in "iuf" for a in arrays) else None
+
+
+def _column_reduce(mat: np.ndarray, op: np.ufunc, rows: int = 64) -> np.ndarray:
+    """``op.reduce(mat, axis=0)`` of a C-ordered ``(n, S)`` array, computed over
+    ``(n / rows, rows * S)`` blocks first so that the inner loop runs along whole rows (2-3x
+    faster than a plain axis-0 reduction for small S)."""
+    n, S = mat.shape
+    k = n // rows * rows
+    if k == 0:
+        return op.reduce(mat, axis=0)
+    out = op.reduce(op.reduce(mat[:k].reshape(-1, rows * S), axis=0).reshape(rows, S), axis=0)
+    return op(out, op.reduce(mat[k:], axis=0)) if k < n else out
+
+
+def _stack_float32(arrays: list[np.ndarray], n: int) -> np.ndarray:
+    """Columns side by side as one ``(n, len(arrays))`` float32 array (one copy)."""
+    if not arrays:
+        return np.zeros((n, 0), dtype=np.float32)
+    return np.stack(arrays, axis=1, dtype=np.float32, casting="unsafe")
+
+
+def _one_chunk(col):
+    """A ChunkedArray as one Array (no copy when it already is one chunk)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _first_null(col) -> int:
