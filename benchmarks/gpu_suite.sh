@@ -38,9 +38,11 @@ if [[ $what == data || $what == all ]]; then
 fi
 if [[ $what == dist ]]; then
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  export TERAREC_TEST_DUMP_DIR="$OUT"  # stacks of a hung rank (test_step_graph_multigpu)
   timeout 240 python3 -m pytest -q -rf -m multigpu -p no:cacheprovider tests/distributed \
     tests/compat > "$OUT/multigpu_tests.txt" 2>&1
   tail -3 "$OUT/multigpu_tests.txt"; grep -E "^FAILED|^ERROR" "$OUT/multigpu_tests.txt" | head
+  for f in "$OUT"/step_graph_rank*.txt; do [[ -s $f ]] && { echo "== $f"; head -40 "$f"; }; done
   res="$OUT/scaling.jsonl"; rm -f "$res"
   gpus=$(nvidia-smi -L | wc -l)
   for n in 1 2 4; do

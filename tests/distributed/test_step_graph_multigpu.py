@@ -68,9 +68,14 @@ def _batches(rank: int, world: int, device: torch.device) -> list:
 def _train(rank: int, world: int) -> dict:
     import faulthandler
     import os
+    import tempfile
 
     os.environ["TERAREC_DP_STEP_GRAPH"] = "1"  # the data-parallel whole-step graph is opt-in
-    faulthandler.dump_traceback_later(150, exit=True)  # a hung rank shows where it waits
+    # A hung rank writes where it waits to $TERAREC_TEST_DUMP_DIR (default: the temp dir),
+    # so the stacks survive an outer timeout (benchmarks/gpu_suite.sh dist prints them).
+    dump_dir = os.environ.get("TERAREC_TEST_DUMP_DIR", tempfile.gettempdir())
+    dump = open(os.path.join(dump_dir, f"step_graph_rank{rank}.txt"), "w")  # noqa: SIM115
+    faulthandler.dump_traceback_later(100, exit=True, file=dump)
     out = {}
     for graph in (False, True):
         model = _model(graph)
@@ -83,6 +88,7 @@ def _train(rank: int, world: int) -> dict:
         out[graph] = {"losses": losses, "whole_step": e.step_graph.graph is not None,
                       "replays": e.step_graph.replays}
     faulthandler.cancel_dump_traceback_later()
+    dump.close()
     return out
 
 
