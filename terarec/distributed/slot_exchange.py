@@ -28,7 +28,7 @@ same messages.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,16 @@ class _Step:
         self.index, self.inverse = index  # send position <-> flat (sample, slot) position
         self.rows = rows  # local rows of the received keys (owner)
         self.fast = fast
+
+
+class _Layout(NamedTuple):
+    """Static data of every received key position: its slot, its slot's key range
+    ``[lo, hi)`` and the shift from key to local row."""
+
+    slots: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    shift: torch.Tensor
 
 
 class _ExchangeFn(torch.autograd.Function):
@@ -102,8 +112,8 @@ class SlotExchange:
             self.sizes.fill_(int(cfg.max_vocabulary_size))
             self.bases = self.starts.clone()
         self._index: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._offsets: dict[int, torch.Tensor] = {}
-        self._cols: dict[int, torch.Tensor] = {}
+        self._aranges: dict[int, torch.Tensor] = {}
+        self._layouts: dict[int, _Layout] = {}
         self._oob: torch.Tensor | None = None
         self._steps = 0
 
@@ -167,24 +177,31 @@ class SlotExchange:
 
         if backend_for(src) != "triton" or index.numel() == 0:
             return src.index_select(0, index)
-        offsets = self._offsets.get(index.numel())
-        if offsets is None:
-            offsets = torch.arange(index.numel() + 1, dtype=torch.int64, device=src.device)
-            self._offsets[index.numel()] = offsets
-        return pooled_lookup(src.contiguous(), index, offsets, False, src.dtype, hotness=1)
+        return pooled_lookup(src.contiguous(), index, self._arange(index.numel() + 1), False,
+                             src.dtype, hotness=1)
 
     def _counts(self, step: _Step) -> tuple[list[int], list[int]]:
         send = [step.batch * len(s) for s in self.slots_of]
         recv = [n * int(self.mine.numel()) for n in step.sizes]
         return send, recv
 
-    def _columns(self, n: int) -> torch.Tensor:
-        col = self._cols.get(n)
-        if col is None:
-            k = max(1, int(self.mine.numel()))
-            col = torch.arange(n, dtype=torch.int64, device=self.table.device) % k
-            self._cols[n] = col
-        return col
+    def _arange(self, n: int) -> torch.Tensor:
+        """``arange(n)`` on the table's device (one-hot CSR offsets, the one-hot check)."""
+        got = self._aranges.get(n)
+        if got is None:
+            got = self._aranges[n] = torch.arange(n, dtype=torch.int64,
+                                                  device=self.table.device)
+        return got
+
+    def _layout(self, n: int) -> _Layout:
+        """Per-position slot data of ``n`` received keys (sample-major over my slots)."""
+        got = self._layouts.get(n)
+        if got is None:
+            cols = self._arange(n) % max(1, int(self.mine.numel()))
+            lo = self.starts[cols]
+            got = self._layouts[n] = _Layout(self.mine[cols], lo, lo + self.sizes[cols],
+                                             self.bases[cols] - lo)
+        return got
 
     # ------------------------------------------------------------------ phases
     def __call__(self, sparse: SparseInput) -> torch.Tensor:
@@ -196,19 +213,23 @@ class SlotExchange:
         step = _Step(b, tuple(int(n) for n in sparse.rank_batch_sizes or ()),
                      self._send_index(b, table.device), None, fast)
         if sparse.offsets.is_cuda:  # one-hot contract on the device (flag, no sync)
-            one_hot = torch.arange(sparse.offsets.numel(), device=sparse.offsets.device)
-            self._flag((sparse.offsets != one_hot).any())
+            self._flag((sparse.offsets != self._arange(sparse.offsets.numel())).any())
         keys = sparse.keys.to(torch.int64)
         if table.frozen or not torch.is_grad_enabled():
             out = self.forward_pass(step, keys)
         else:
             anchor = torch.empty(0, device=table.device, requires_grad=True)
             out = _ExchangeFn.apply(anchor, self, step, keys)
+        self.count_step()
+        return out.view(b, self.slot_num, self.dim)
+
+    def count_step(self) -> None:
+        """One more step (also for a CUDA-graph replay); every ``fast_path.CHECK_EVERY`` steps
+        the device error flag is read (outside a capture)."""
         self._steps += 1
         if self._steps % fast_path.CHECK_EVERY == 0 \
                 and not torch.cuda.is_current_stream_capturing():
             self.check_errors()
-        return out.view(b, self.slot_num, self.dim)
 
     def forward_pass(self, step: _Step, keys: torch.Tensor) -> torch.Tensor:
         send_c, recv_c = self._counts(step)
@@ -229,8 +250,8 @@ class SlotExchange:
             return torch.zeros(0, self.dim, dtype=dtype, device=self.table.device)
         rows = self._rows(recv_keys)  # range check (on the host: raises at once)
         if not step.fast:
-            cols = self._columns(recv_keys.numel())
-            step.rows = shard.insert_keys(recv_keys, slots=self.mine[cols])
+            slots = self._layout(recv_keys.numel()).slots
+            step.rows = shard.insert_keys(recv_keys, slots=slots)
             return shard.weight[step.rows].to(dtype)
         if not getattr(shard, "_fast_ready", False):
             fast_path.init_all_rows(shard)
@@ -238,16 +259,14 @@ class SlotExchange:
         shard.index.mark_used(rows)
         from terarec.kernels import pooled_lookup
 
-        offsets = torch.arange(recv_keys.numel() + 1, device=recv_keys.device)
-        return pooled_lookup(shard.weight, step.rows, offsets, False, dtype, hotness=1)
+        return pooled_lookup(shard.weight, step.rows, self._arange(recv_keys.numel() + 1), False,
+                             dtype, hotness=1)
 
     def _rows(self, keys: torch.Tensor) -> torch.Tensor:
         """Local rows of keys of my slots (received sample-major), range checked."""
-        cols = self._columns(keys.numel())
-        start = self.starts[cols]
-        bad = (keys < start) | (keys >= start + self.sizes[cols])
-        self._flag(bad.any())
-        rows = keys - start + self.bases[cols]
+        lay = self._layout(keys.numel())
+        self._flag(((keys < lay.lo) | (keys >= lay.hi)).any())
+        rows = keys + lay.shift
         return rows.clamp_(0, self.table.shard.weight.shape[0] - 1)  # type: ignore[union-attr]
 
     def _flag(self, bad: torch.Tensor) -> None:
@@ -283,9 +302,8 @@ class SlotExchange:
         if shard is None or self.table.frozen:
             return
         if step.fast and got.shape[0]:
-            offsets = torch.arange(got.shape[0] + 1, device=got.device)
-            fast_path.apply_fused_gradient(shard, step.rows, offsets, got, hotness=1,
-                                           grad_weight=weight)
+            fast_path.apply_fused_gradient(shard, step.rows, self._arange(got.shape[0] + 1), got,
+                                           hotness=1, grad_weight=weight)
             return
         rows = step.rows if step.rows is not None else \
             torch.zeros(0, dtype=torch.int64, device=got.device)

@@ -81,11 +81,7 @@ def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
 @triton.jit
 def _chunk_add(acc, w_ptr, rows_ptr, j, end, base, d, dmask, w_stride, BLOCK_J: tl.constexpr):
     jj = j + tl.arange(0, BLOCK_J)
-    m = jj < end
-    r = tl.load(rows_ptr + jj, mask=m, other=0) + base
-    v = tl.load(w_ptr + r[:, None] * w_stride + d[None, :], mask=m[:, None] & dmask[None, :],
-                other=0.0)
-    return acc + v.to(tl.float32)
+    return _gather_add(acc, w_ptr, rows_ptr, jj, base, jj < end, d, dmask, w_stride)
 
 
 @triton.jit

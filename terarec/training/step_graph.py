@@ -182,9 +182,7 @@ class StepGraph:
         for table in e.tables.values():
             exchange = getattr(table, "_exchange", None)
             if exchange is not None:
-                exchange._steps += 1
-                if exchange._steps % fast_path.CHECK_EVERY == 0:
-                    exchange.check_errors()
+                exchange.count_step()
 
     def _capture(self, batch: Batch, key: tuple) -> bool:
         e = self.engine

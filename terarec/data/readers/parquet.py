@@ -291,18 +291,14 @@ class ParquetSource(FormatSource):
         the GIL for their whole work. Only a failing check scans the slot for the first bad key,
         with the same error as the general path.
         """
-        S = len(cols)
-        mat = np.empty((n, S), dtype=np.int64)
-        if not S:
-            return mat.reshape(-1)
+        if not cols:
+            return np.empty(0, dtype=np.int64)
+        mat = self._key_matrix(cols, n)
         if self._sizes is None:
-            np.stack(cols, axis=1, out=mat, casting="unsafe")
             hi = _column_reduce(mat.view(np.uint64), np.maximum)  # negative: >= 2^63
             bad = hi >= np.uint64(1 << 63)
             top = hi.astype(np.int64)
         else:
-            for s, col in enumerate(cols):
-                np.add(col, self._offs[s], out=mat[:, s], casting="unsafe")
             top = _column_reduce(mat, np.maximum)
             bad = top >= self._offs + self._sizes
             if any(c.dtype.kind == "i" for c in cols):  # negative keys (or int64 wrap-around)
@@ -314,6 +310,19 @@ class ParquetSource(FormatSource):
         if not self.config.i64_input_key and int(top.max()) > 0xFFFFFFFF:
             check_keys(path, keys, None, None, None, row0, False)
         return keys
+
+    def _key_matrix(self, cols: list[np.ndarray], n: int) -> np.ndarray:
+        """The ``(n, S)`` int64 key matrix of one-key-per-slot columns, slot offsets added
+        (one ``np.stack`` when there are none)."""
+        mat = np.empty((n, len(cols)), dtype=np.int64)
+        if not cols:
+            return mat
+        if self._sizes is None:
+            np.stack(cols, axis=1, out=mat, casting="unsafe")
+        else:
+            for s, col in enumerate(cols):
+                np.add(col, self._offs[s], out=mat[:, s], casting="unsafe")
+        return mat
 
     def _check_slot(self, path: str, vals: np.ndarray, s: int, rows: np.ndarray,
                     row0: int) -> None:
@@ -402,10 +411,7 @@ class ParquetSource(FormatSource):
             s = int(np.flatnonzero(maxnnz < 1)[0])
             raise DataError(path, f"1 keys in one slot, nnz_per_slot allows {maxnnz[s]}",
                             row=row0, field=self.columns.cats[s])
-        mat = np.empty((n, S), dtype=np.int64)
-        for s, vals in enumerate(per_slot):
-            np.add(vals, self._offs[s], out=mat[:, s], casting="unsafe")
-        return mat.reshape(-1), fixed_lengths(n, [1] * S)
+        return self._key_matrix(per_slot, n).reshape(-1), fixed_lengths(n, [1] * S)
 
     def _multi_hot_keys(self, path: str, per_slot: list[np.ndarray], lengths: np.ndarray,
                         row0: int) -> np.ndarray:
