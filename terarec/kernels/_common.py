@@ -136,3 +136,13 @@ def interpreting() -> bool:
 def random_seed() -> int:
     """A seed for stochastic rounding drawn from torch's default CPU generator (no sync)."""
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def check_mark(used: torch.Tensor, rows: torch.Tensor) -> None:
+    """Arguments of ``mark_rows``: a bool vector and int64 rows on its device."""
+    if used.dtype != torch.bool or used.dim() != 1 or not used.is_contiguous():
+        raise ValueError(f"used: expected a contiguous bool vector. Received: "
+                         f"{tuple(used.shape)} {used.dtype}")
+    if rows.dtype != torch.int64 or rows.device != used.device:
+        raise ValueError(f"rows: expected int64 on {used.device}. Received: {rows.dtype} on "
+                         f"{rows.device}")

@@ -104,6 +104,11 @@ def stochastic_round_to_bf16(x: torch.Tensor, seed: int | None = None) -> torch.
     return implementation("stochastic_round_to_bf16", x)(x, seed)
 
 
+def mark_rows(used: torch.Tensor, rows: torch.Tensor) -> None:
+    """``used[rows] = True`` in place (the "row used" flags of a direct-mapped table)."""
+    implementation("mark_rows", used)(used, rows)
+
+
 def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad * (y > 0), its column sums)``: a ReLU layer's backward before the GEMMs."""
     return implementation("relu_bias_backward", grad)(grad, y)

@@ -271,6 +271,12 @@ def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: t
     return uniq if return_unique else None
 
 
+def mark_rows(used: torch.Tensor, rows: torch.Tensor) -> None:
+    """Set ``used[rows] = True`` in place (``used``: bool ``[R]``, ``rows``: int64 in range)."""
+    C.check_mark(used, rows)
+    used.scatter_(0, rows, torch.ones_like(rows, dtype=torch.bool))
+
+
 def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward of ``y = relu(x @ w + b)`` up to the GEMMs: ``(g, db)`` with
     ``g = grad * (y > 0)`` and ``db = g.sum(0)`` (float32 sums, returned in ``grad``'s dtype)."""

@@ -332,6 +332,18 @@ class _Plan:
         return self.uniq[: int(self.n_u.item())]
 
 
+_STARTS_BLOCK = 1024
+
+
+@triton.jit
+def _starts_kernel(is_start_ptr, seg_ptr, starts_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    first = tl.load(is_start_ptr + i, mask=m, other=0) != 0
+    seg = tl.load(seg_ptr + i, mask=m & first, other=0)
+    tl.store(starts_ptr + seg, i, mask=m & first)
+
+
 def _plan(sorted_rows: torch.Tensor) -> _Plan:
     nnz = sorted_rows.numel()
     dev = sorted_rows.device
@@ -340,10 +352,12 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     is_start[1:] = sorted_rows[1:] != sorted_rows[:-1]
     seg = torch.cumsum(is_start, 0) - 1
     n_u = seg[-1:] + 1
-    pos = torch.arange(nnz, dtype=i64, device=dev)
-    # starts_full[k] = first sorted position of segment k; nnz for k >= n_u; slot nnz+1 = trash.
-    starts_full = torch.full((nnz + 2,), nnz, dtype=i64, device=dev)
-    starts_full.scatter_(0, torch.where(is_start, seg, nnz + 1), pos)
+    # starts_full[k] = first sorted position of segment k; nnz for k >= n_u (one masked store
+    # per segment start: a scatter_ of every position, non-starts to one trash slot, made all
+    # of those hit one address).
+    starts_full = torch.full((nnz + 1,), nnz, dtype=i64, device=dev)
+    _starts_kernel[(triton.cdiv(nnz, _STARTS_BLOCK),)](is_start.view(torch.uint8), seg,
+                                                        starts_full, nnz, BLOCK=_STARTS_BLOCK)
     starts = starts_full[:nnz]
     counts = starts_full[1:nnz + 1] - starts
     uniq = sorted_rows[starts.clamp(max=nnz - 1)].to(i64)

@@ -15,6 +15,10 @@ Multi-table: the tables are concatenated along rows (``table_offsets`` = first r
 the CSR is table-major and the output is written sample-major ``[B, T*slots, D]`` directly,
 so the interaction reads it without a transpose.
 
+``mark_rows``: the "row used" flags of the looked-up rows, written only where still unset: a
+hot row (Criteo slots of 3 or 4 rows take 65,536 lookups a batch) is read many times but
+written once, where ``scatter_`` stores every lookup to the same byte.
+
 Imported only through :mod:`terarec.kernels.select` (needs Triton).
 """
 
@@ -225,3 +229,25 @@ def pooled_lookup_multi(weight: torch.Tensor, rows: torch.Tensor, offsets: torch
     hot = _hotness(hotness, offsets, rows.numel())
     _launch(weight, rows, offsets, tbase, flags, out, mode, True, b * slots, slots, tables, hot)
     return out
+
+
+_MARK_BLOCK = 1024
+
+
+@triton.jit
+def _mark_kernel(used_ptr, rows_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    r = tl.load(rows_ptr + i, mask=m, other=0)
+    u = tl.load(used_ptr + r, mask=m, other=1)
+    tl.store(used_ptr + r, tl.full([BLOCK], 1, tl.uint8), mask=m & (u == 0))
+
+
+def mark_rows(used: torch.Tensor, rows: torch.Tensor) -> None:
+    """Triton twin of :func:`terarec.kernels.reference.mark_rows`."""
+    C.check_mark(used, rows)
+    rows = rows.contiguous()
+    n = rows.numel()
+    if n:
+        _mark_kernel[(triton.cdiv(n, _MARK_BLOCK),)](used.view(torch.uint8), rows, n,
+                                                      BLOCK=_MARK_BLOCK, num_warps=4)

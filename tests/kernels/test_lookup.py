@@ -107,3 +107,20 @@ def test_pooled_lookup_empty_batch(dev: torch.device) -> None:
     out = K.pooled_lookup(weight, torch.zeros(0, dtype=torch.int64, device=dev),
                           torch.zeros(3, dtype=torch.int64, device=dev), True)
     assert out.shape == (2, 16) and bool((out == 0).all())
+
+
+def test_mark_rows(dev: torch.device) -> None:
+    """``used[rows] = True`` with many repeats of a few rows (the Triton version writes a flag
+    only where it is unset) and flags already set beforehand kept."""
+    gen = torch.Generator().manual_seed(3)
+    used = torch.zeros(50, dtype=torch.bool)
+    used[[7, 40]] = True
+    rows = torch.cat([torch.full((3000,), 2), torch.randint(0, 50, (200,), generator=gen),
+                      torch.tensor([49, 0])])
+    want = used.clone()
+    want[rows] = True
+    got = used.to(dev)
+    K.mark_rows(got, rows.to(dev))
+    assert torch.equal(got.cpu(), want)
+    with pytest.raises(ValueError, match="rows: expected int64"):
+        K.mark_rows(got, rows.to(dev).int())
