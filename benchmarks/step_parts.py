@@ -3,12 +3,13 @@
 Exploration aid behind the numbers in ``NOTES_train.md``: each part is checked against its
 reference before it is timed (``triton.testing.do_bench`` medians, CUDA events).
 
-* ``interaction``: the Triton DLRM interaction fwd / bwd for samples-per-program x warps
-  (B = 65,536, 26 tables, dim 128, bf16) against :mod:`terarec.kernels.reference`.
+* ``interaction``: the Triton DLRM interaction forward for launch shapes (samples per block,
+  warps, programs per SM walking the blocks, pipeline stages) and its backward (B = 65,536,
+  26 tables, dim 128, bf16) against :mod:`terarec.kernels.reference`. Isolated timings flush
+  the L2 between calls and can rank shapes differently from the step (see ``train``).
 * ``train``: the whole DLRM step (``train_throughput.py --config dlrm --skip-peer``, CUDA graph)
-  for interaction launch shapes (``FWD_LAUNCH`` / ``BWD_LAUNCH`` / ``PERSIST``): the kernels'
-  ranking in the step, where their inputs come warm from the neighbouring GEMMs, is what the
-  defaults follow.
+  for forward launch shapes (``FWD_LAUNCH``): the ranking in the step is what the default
+  follows.
 
 Run on the GPU machine: ``python3 benchmarks/step_parts.py [--parts interaction train]``.
 """
@@ -36,11 +37,15 @@ def interaction(b: int) -> None:
     ref = R.interaction_forward(dense.float(), emb.float())
     go = torch.randn(ref.shape, device="cuda", generator=g).bfloat16()
     rd, re = R.interaction_backward(go.float(), dense.float(), emb.float())
+    dd, de = T.interaction_backward(go, dense, emb)
     nbytes_f = (dense.numel() + emb.numel() + ref.numel()) * 2
     nbytes_b = (dense.numel() + emb.numel()) * 4 + ref.numel() * 2
-    print("| spp | warps | programs/SM, stages | fwd ms | fwd GB/s | bwd ms | bwd GB/s | "
-          "max err fwd / bwd |")
-    print("|---:|---:|---|---:|---:|---:|---:|---|")
+    eb = max(float(((dd.float() - rd).abs() / (rd.abs() + 1)).max()),
+             float(((de.float() - re).abs() / (re.abs() + 1)).max()))
+    tb = bench(lambda: T.interaction_backward(go, dense, emb))
+    print(f"backward: {tb:.3f} ms, {nbytes_b / tb / 1e6:.0f} GB/s, max err {eb:.2e}")
+    print("| spp | warps | programs/SM, stages | fwd ms | fwd GB/s | max err |")
+    print("|---:|---:|---|---:|---:|---|")
     configs = [(1, 4, (0, 1)), (2, 2, (0, 1)), (1, 1, (0, 1)), (4, 4, (0, 1))]
     configs += [(spp, warps, (per_sm, stages)) for spp, warps in ((2, 2), (1, 1), (4, 4))
                 for per_sm in (8, 16, 32) for stages in (1, 2, 3)]
@@ -49,18 +54,13 @@ def interaction(b: int) -> None:
         walk = "one block each" if persist[0] == 0 else f"{persist[0]}, {persist[1]}"
         try:
             out = T.interaction_forward(dense, emb, **kw)
-            dd, de = T.interaction_backward(go, dense, emb, **kw)
         except Exception as exc:  # noqa: BLE001 - report the variant that fails to compile
             print(f"| {spp} | {warps} | {walk} | failed: {type(exc).__name__}: "
                   f"{str(exc)[:80]} |")
             continue
         ef = float(((out.float() - ref).abs() / (ref.abs() + 1)).max())
-        eb = max(float(((dd.float() - rd).abs() / (rd.abs() + 1)).max()),
-                 float(((de.float() - re).abs() / (re.abs() + 1)).max()))
         tf = bench(lambda kw=kw: T.interaction_forward(dense, emb, **kw))
-        tb = bench(lambda kw=kw: T.interaction_backward(go, dense, emb, **kw))
-        print(f"| {spp} | {warps} | {walk} | {tf:.3f} | {nbytes_f / tf / 1e6:.0f} | {tb:.3f} | "
-              f"{nbytes_b / tb / 1e6:.0f} | {ef:.2e} / {eb:.2e} |")
+        print(f"| {spp} | {warps} | {walk} | {tf:.3f} | {nbytes_f / tf / 1e6:.0f} | {ef:.2e} |")
 
 
 def train(steps: int) -> None:
@@ -74,12 +74,11 @@ def train(steps: int) -> None:
     from terarec.kernels import triton_interaction as T
 
     script = str(Path(__file__).with_name("train_throughput.py"))
-    keep = (T.FWD_LAUNCH, T.BWD_LAUNCH, T.PERSIST)
-    # The first run of a process pays one-time costs: its combination repeats as the last.
-    combos = [((2, 2), (2, 2), (0, 1)), ((2, 2), (2, 2), (16, 2)), ((2, 2), (2, 2), (8, 3)),
-              ((1, 1), (1, 1), (16, 2)), ((2, 2), (2, 2), (0, 1))]
-    for fwd, bwd, persist in combos:
-        T.FWD_LAUNCH, T.BWD_LAUNCH, T.PERSIST = fwd, bwd, persist
+    keep = T.FWD_LAUNCH
+    # (samples per block, warps, programs per SM, stages) of the forward. The first run of a
+    # process pays one-time costs: its shape repeats as the last.
+    for fwd in ((1, 1, 16, 2), (1, 4, 0, 1), (2, 2, 0, 1), (1, 1, 16, 2)):
+        T.FWD_LAUNCH = fwd
         buf = io.StringIO()
         argv, sys.argv = sys.argv, [script, "--config", "dlrm", "--steps", str(steps),
                                     "--skip-peer"]
@@ -88,11 +87,11 @@ def train(steps: int) -> None:
                 runpy.run_path(script, run_name="__main__")
         finally:
             sys.argv = argv
-            T.FWD_LAUNCH, T.BWD_LAUNCH, T.PERSIST = keep
+            T.FWD_LAUNCH = keep
             gc.collect()
             torch.cuda.empty_cache()
         lines = [ln.strip() for ln in buf.getvalue().splitlines() if "CUDA graph:" in ln]
-        print(f"fwd {fwd} bwd {bwd} persist {persist}: "
+        print(f"fwd {fwd}: "
               f"{lines[-1] if lines else buf.getvalue()[-300:]}")
 
 

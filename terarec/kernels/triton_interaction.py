@@ -8,8 +8,9 @@ inputs; for bf16 inputs bf16 tensor cores: exact products, float32 sums) and the
 lower triangles are stored straight into the output rows at ``E + i(i-1)/2 + j``. The kernel
 is bound by the latency of its loads, not by the tensor cores: the pipelined walk keeps the
 next block's loads in flight.
-Backward: dX = (G + G^T) X with G the lower-triangular gradient matrix gathered from the
-output gradient, again one batched ``tl.dot``; row 0 adds the pass-through dense gradient.
+Backward (one sample per program, 2-D tiles): dX = (G + G^T) X with G the lower-triangular
+gradient matrix gathered from the output gradient, again one ``tl.dot``; row 0 adds the
+pass-through dense gradient.
 
 Imported only through :mod:`terarec.kernels.select` (needs Triton).
 """
@@ -22,15 +23,14 @@ import triton.language as tl
 
 from terarec.kernels import _common as C
 
-# (samples per block, warps) of the bf16 forward and backward kernels (float32 and the
-# interpreter: one sample, 4 warps), programs per SM walking the blocks (0: one program per
-# block) and software-pipeline stages of that walk (the next sample's loads in flight while
-# one computes). Tuned on an H200 (benchmarks/step_parts.py, NOTES_train.md): one sample,
-# one warp, 16 programs per SM, 2 stages: fwd 0.654 -> 0.162 ms, bwd 1.155 -> 0.427 ms at
-# B = 65,536 against the first version's one sample per 4-warp program.
-FWD_LAUNCH = (1, 1)
-BWD_LAUNCH = (1, 1)
-PERSIST = (16, 2)
+# Launch of the bf16 forward (float32 and the interpreter: one sample per 4-warp program):
+# (samples per block, warps, programs per SM walking the blocks (0: one program per block),
+# software-pipeline stages of that walk). From in-step profiles of the DLRM step on an H200
+# (NOTES_train.md, session 4): 0.34 ms as one sample per 4-warp program -> 0.159 ms as the
+# pipelined 1-warp walk. The backward stays one sample per 4-warp program on 2-D tiles:
+# 0.32 ms in the step, where the 3-D block versions took 0.37 (2 samples, 2 warps), 0.42
+# (the walk) and 1.17 ms (one sample, 4 warps).
+FWD_LAUNCH = (1, 1, 16, 2)
 
 
 @triton.jit
@@ -99,48 +99,44 @@ def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, B, S, E, out_cols, SPP: tl.constexp
 
 
 @triton.jit
-def _bwd_block(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, B, S, E, out_cols, i, e, emask,
-               IEEE: tl.constexpr, INTERP: tl.constexpr):
-    x, is_e, live = _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask)
-    bm = b < B
-    ii = i[None, :, None]
-    jj = i[None, None, :]
+def _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask):
+    is_d = i == 0
+    is_e = (i >= 1) & (i <= S)
+    xd = tl.load(dense_ptr + b * E + e[None, :] + 0 * i[:, None],
+                 mask=is_d[:, None] & emask[None, :], other=0.0)
+    xe = tl.load(emb_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
+                 mask=is_e[:, None] & emask[None, :], other=0.0)
+    return xd + xe, is_e
+
+
+@triton.jit
+def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
+                NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
+                INTERP: tl.constexpr):
+    """One sample per program (2-D tiles)."""
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, NP)
+    e = tl.arange(0, BLOCK_E)
+    emask = e < E
+    x, is_e = _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask)
+    ii = i[:, None]
+    jj = i[None, :]
     lower = (jj < ii) & (ii <= S)
     upper = (ii < jj) & (jj <= S)
     idx = tl.where(lower, ii * (ii - 1) // 2 + jj, jj * (jj - 1) // 2 + ii)
     row = go_ptr + b * out_cols
-    g = tl.load(row[:, None, None] + E + idx, mask=(lower | upper) & bm[:, None, None],
-                other=0.0)
-    dx = _gram(g.to(x.dtype), x, IEEE=IEEE, INTERP=INTERP)
-    d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=1)
-    m2 = bm[:, None] & emask[None, :]
-    d0 += tl.load(row[:, None] + e[None, :], mask=m2, other=0.0).to(tl.float32)
-    tl.store(dd_ptr + b[:, None] * E + e[None, :], d0.to(dd_ptr.dtype.element_ty), mask=m2)
-    tl.store(de_ptr + b[:, None, None] * S * E + (ii - 1) * E + e[None, None, :],
-             dx.to(de_ptr.dtype.element_ty), mask=is_e & live)
-
-
-@triton.jit
-def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
-                SPP: tl.constexpr, NP: tl.constexpr, BLOCK_E: tl.constexpr,
-                IEEE: tl.constexpr, INTERP: tl.constexpr, STAGES: tl.constexpr):
-    """Blocks as in _fwd_kernel."""
-    i = tl.arange(0, NP)
-    e = tl.arange(0, BLOCK_E)
-    emask = e < E
-    nblk = tl.cdiv(B, SPP)
-    if INTERP:  # the interpreter rejects range(tensor)
-        blk = tl.program_id(0)
-        while blk < nblk:
-            b = blk.to(tl.int64) * SPP + tl.arange(0, SPP)
-            _bwd_block(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, B, S, E, out_cols, i, e,
-                       emask, IEEE=IEEE, INTERP=INTERP)
-            blk += tl.num_programs(0)
-    else:
-        for blk in tl.range(tl.program_id(0), nblk, tl.num_programs(0), num_stages=STAGES):
-            b = blk.to(tl.int64) * SPP + tl.arange(0, SPP)
-            _bwd_block(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, B, S, E, out_cols, i, e,
-                       emask, IEEE=IEEE, INTERP=INTERP)
+    g = tl.load(row + E + idx, mask=lower | upper, other=0.0)
+    if IEEE:
+        dx = tl.dot(g.to(tl.float32), x.to(tl.float32), input_precision="tf32x3")
+    elif INTERP:  # see _fwd_kernel
+        dx = tl.dot(g.to(x.dtype).to(tl.float32), x.to(tl.float32))
+    else:  # bf16 x bf16 on tensor cores: exact products, float32 sums
+        dx = tl.dot(g.to(x.dtype), x, out_dtype=tl.float32)
+    d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)
+    d0 += tl.load(row + e, mask=emask, other=0.0).to(tl.float32)
+    tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
+    tl.store(de_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
+             dx.to(de_ptr.dtype.element_ty), mask=is_e[:, None] & emask[None, :])
 
 
 def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -155,15 +151,14 @@ def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, 
     return b, s, e, max(16, triton.next_power_of_2(n)), max(16, triton.next_power_of_2(e))
 
 
-def _launch(dtype: torch.dtype, tuned: tuple[int, int], spp: int | None, warps: int | None,
+def _launch(dtype: torch.dtype, spp: int | None, warps: int | None,
             persist: tuple[int, int] | None) -> tuple[int, int, tuple[int, int]]:
     """(samples per block, warps, (programs per SM, stages)): the tuned shape for 16-bit inputs
     on hardware; one sample per 4-warp program for float32 (whose 3xTF32 tiles need the
     registers) and the interpreter. Arguments that are not None win."""
     fast = dtype != torch.float32 and not C.interpreting()
-    spp_d, warps_d = tuned if fast else (1, 4)
-    persist_d = PERSIST if fast else (0, 1)
-    return spp or spp_d, warps or warps_d, persist or persist_d
+    spp_d, warps_d, per_sm, stages = FWD_LAUNCH if fast else (1, 4, 0, 1)
+    return spp or spp_d, warps or warps_d, persist or (per_sm, stages)
 
 
 def _grid(b: int, spp: int, device: torch.device,
@@ -187,7 +182,7 @@ def interaction_forward(dense: torch.Tensor, emb: torch.Tensor, *, spp: int | No
     b, s, e, np_, be = _shape(dense, emb)
     cols = e + (s + 1) * s // 2 + 1
     out = C.new_empty((b, cols), dense.dtype, dense.device)
-    spp, warps, persist = _launch(dense.dtype, FWD_LAUNCH, spp, warps, persist)
+    spp, warps, persist = _launch(dense.dtype, spp, warps, persist)
     if b:
         grid, stages = _grid(b, spp, dense.device, persist)
         _fwd_kernel[grid](
@@ -197,10 +192,8 @@ def interaction_forward(dense: torch.Tensor, emb: torch.Tensor, *, spp: int | No
     return out
 
 
-def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor, emb: torch.Tensor, *,
-                         spp: int | None = None, warps: int | None = None,
-                         persist: tuple[int, int] | None = None,
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor,
+                         emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`terarec.kernels.reference.interaction_backward`."""
     b, s, e, np_, be = _shape(dense, emb)
     cols = e + (s + 1) * s // 2 + 1
@@ -208,11 +201,9 @@ def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor, emb: torch
         raise ValueError(f"grad_out: expected [{b}, {cols}]. Received: {tuple(grad_out.shape)}")
     d_dense = C.new_empty((b, e), dense.dtype, dense.device)
     d_emb = C.new_empty((b, s, e), emb.dtype, emb.device)
-    spp, warps, persist = _launch(dense.dtype, BWD_LAUNCH, spp, warps, persist)
     if b:
-        grid, stages = _grid(b, spp, dense.device, persist)
-        _bwd_kernel[grid](
-            grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense, d_emb, b, s,
-            e, cols, SPP=spp, NP=np_, BLOCK_E=be, IEEE=dense.dtype == torch.float32,
-            INTERP=C.interpreting(), STAGES=stages, num_warps=warps)
+        _bwd_kernel[(b,)](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
+                          d_emb, s, e, cols, NP=np_, BLOCK_E=be,
+                          IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
+                          num_warps=4)
     return d_dense, d_emb
