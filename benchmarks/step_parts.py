@@ -8,8 +8,8 @@ reference before it is timed (``triton.testing.do_bench`` medians, CUDA events).
   26 tables, dim 128, bf16) against :mod:`terarec.kernels.reference`. Isolated timings flush
   the L2 between calls and can rank shapes differently from the step (see ``train``).
 * ``train``: the whole DLRM step (``train_throughput.py --config dlrm --skip-peer``, CUDA graph)
-  for forward launch shapes (``FWD_LAUNCH``): the ranking in the step is what the default
-  follows.
+  with module constants changed per run (interaction launch shapes, the fused backward's
+  chunk walk): the ranking in the step is what the defaults follow.
 
 Run on the GPU machine: ``python3 benchmarks/step_parts.py [--parts interaction train]``.
 """
@@ -71,14 +71,22 @@ def train(steps: int) -> None:
     import sys
     from pathlib import Path
 
-    from terarec.kernels import triton_interaction as T
+    from terarec.kernels import triton_grad, triton_interaction
 
+    modules = {"interaction": triton_interaction, "grad": triton_grad}
     script = str(Path(__file__).with_name("train_throughput.py"))
-    keep = T.FWD_LAUNCH
-    # (samples per block, warps, programs per SM, stages) of the forward. The first run of a
-    # process pays one-time costs: its shape repeats as the last.
-    for fwd in ((1, 1, 16, 2), (1, 4, 0, 1), (2, 2, 0, 1), (1, 1, 16, 2)):
-        T.FWD_LAUNCH = fwd
+    # Module constants per run ("module.NAME": value); the first run of a process pays one-time
+    # costs, so the defaults run first and last.
+    combos: list[dict] = [{}, {"interaction.BWD_LAUNCH": (4, 16, 2)},
+                          {"interaction.BWD_LAUNCH": (2, 16, 2)},
+                          {"interaction.FWD_LAUNCH": (1, 4, 0, 1)},
+                          {"grad.CHUNK_STAGES": 2}, {"grad.CHUNKS_PER_PROGRAM": 4}, {}]
+    for combo in combos:
+        saved = {}
+        for key, value in combo.items():
+            mod, name = key.split(".")
+            saved[key] = getattr(modules[mod], name)
+            setattr(modules[mod], name, value)
         buf = io.StringIO()
         argv, sys.argv = sys.argv, [script, "--config", "dlrm", "--steps", str(steps),
                                     "--skip-peer"]
@@ -87,11 +95,13 @@ def train(steps: int) -> None:
                 runpy.run_path(script, run_name="__main__")
         finally:
             sys.argv = argv
-            T.FWD_LAUNCH = keep
+            for key, value in saved.items():
+                mod, name = key.split(".")
+                setattr(modules[mod], name, value)
             gc.collect()
             torch.cuda.empty_cache()
         lines = [ln.strip() for ln in buf.getvalue().splitlines() if "CUDA graph:" in ln]
-        print(f"fwd {fwd}: "
+        print(f"{combo or 'defaults'}: "
               f"{lines[-1] if lines else buf.getvalue()[-300:]}")
 
 

@@ -43,6 +43,7 @@ from terarec.kernels.triton_optim import apply_rule, state_pointers, use_sr
 
 CAP = 32
 CHUNKS_PER_PROGRAM = 16
+CHUNK_STAGES = 1  # software-pipeline stages of _chunk_kernel's walk over its chunks
 
 
 @triton.jit
@@ -165,7 +166,8 @@ def _chunk_one(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, c
 def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
                   ntot_ptr, part_ptr, D, go_stride, rows_per_table, slots, tables,
                   HOT: tl.constexpr, MULTI: tl.constexpr, SCALED: tl.constexpr,
-                  CAP_: tl.constexpr, PER_PROG: tl.constexpr, BLOCK_D: tl.constexpr):
+                  CAP_: tl.constexpr, PER_PROG: tl.constexpr, BLOCK_D: tl.constexpr,
+                  STAGES: tl.constexpr):
     """PER_PROG chunk entries per program, each a CAP-sized chunk of a hot row -> one partial
     slot. Real chunks are the prefix [0, ntot) of the entries; programs past it exit."""
     c0 = tl.program_id(0) * PER_PROG
@@ -173,7 +175,7 @@ def _chunk_kernel(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr
         return
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
-    for k in range(PER_PROG):
+    for k in tl.range(PER_PROG, num_stages=STAGES):
         _chunk_one(go_ptr, perm_ptr, qpos_ptr, qscale_ptr, ch_first_ptr, ch_n_ptr, ch_slot_ptr,
                    part_ptr, c0 + k, d, dmask, D, go_stride, rows_per_table, slots, tables,
                    HOT=HOT, MULTI=MULTI, SCALED=SCALED, CAP_=CAP_)
@@ -287,7 +289,7 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     _chunk_kernel[(plan.max_part // CHUNKS_PER_PROGRAM, triton.cdiv(dim, block_d))](
         go, src, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, plan.n_chunks,
         part, dim, go.stride(0), rpt, slots, tables, CAP_=CAP, PER_PROG=CHUNKS_PER_PROGRAM,
-        BLOCK_D=block_d, num_warps=4, **common)
+        BLOCK_D=block_d, STAGES=CHUNK_STAGES, num_warps=4, **common)
     _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
         part, plan.hot_u, plan.slot, plan.nch, out if out is not None else part, w, s1, s2,
         plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16,

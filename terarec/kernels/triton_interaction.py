@@ -31,6 +31,8 @@ from terarec.kernels import _common as C
 # 0.32 ms in the step, where the 3-D block versions took 0.37 (2 samples, 2 warps), 0.42
 # (the walk) and 1.17 ms (one sample, 4 warps).
 FWD_LAUNCH = (1, 1, 16, 2)
+# (warps, programs per SM, stages) of the bf16 backward (0 programs: one per sample).
+BWD_LAUNCH = (4, 0, 1)
 
 
 @triton.jit
@@ -110,14 +112,9 @@ def _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask):
 
 
 @triton.jit
-def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
-                NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
-                INTERP: tl.constexpr):
-    """One sample per program (2-D tiles)."""
-    b = tl.program_id(0).to(tl.int64)
-    i = tl.arange(0, NP)
-    e = tl.arange(0, BLOCK_E)
-    emask = e < E
+def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e, emask,
+             IEEE: tl.constexpr, INTERP: tl.constexpr):
+    """Sample ``b`` on 2-D tiles."""
     x, is_e = _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask)
     ii = i[:, None]
     jj = i[None, :]
@@ -128,7 +125,7 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
     g = tl.load(row + E + idx, mask=lower | upper, other=0.0)
     if IEEE:
         dx = tl.dot(g.to(tl.float32), x.to(tl.float32), input_precision="tf32x3")
-    elif INTERP:  # see _fwd_kernel
+    elif INTERP:  # see _gram
         dx = tl.dot(g.to(x.dtype).to(tl.float32), x.to(tl.float32))
     else:  # bf16 x bf16 on tensor cores: exact products, float32 sums
         dx = tl.dot(g.to(x.dtype), x, out_dtype=tl.float32)
@@ -137,6 +134,26 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, S, E, out_cols,
     tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
     tl.store(de_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
              dx.to(de_ptr.dtype.element_ty), mask=is_e[:, None] & emask[None, :])
+
+
+@triton.jit
+def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
+                NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
+                INTERP: tl.constexpr, STAGES: tl.constexpr):
+    """One sample at a time (2-D tiles), program p taking samples p, p + P, ..."""
+    i = tl.arange(0, NP)
+    e = tl.arange(0, BLOCK_E)
+    emask = e < E
+    if INTERP:  # the interpreter rejects range(tensor)
+        b = tl.program_id(0).to(tl.int64)
+        while b < B:
+            _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e,
+                     emask, IEEE=IEEE, INTERP=INTERP)
+            b += tl.num_programs(0)
+    else:
+        for b in tl.range(tl.program_id(0), B, tl.num_programs(0), num_stages=STAGES):
+            _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b.to(tl.int64), S, E,
+                     out_cols, i, e, emask, IEEE=IEEE, INTERP=INTERP)
 
 
 def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -192,18 +209,23 @@ def interaction_forward(dense: torch.Tensor, emb: torch.Tensor, *, spp: int | No
     return out
 
 
-def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor,
-                         emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of :func:`terarec.kernels.reference.interaction_backward`."""
+def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor, emb: torch.Tensor, *,
+                         warps: int | None = None, persist: tuple[int, int] | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of :func:`terarec.kernels.reference.interaction_backward` (``warps`` /
+    ``persist`` override ``BWD_LAUNCH``, for benchmarks)."""
     b, s, e, np_, be = _shape(dense, emb)
     cols = e + (s + 1) * s // 2 + 1
     if grad_out.shape != (b, cols):
         raise ValueError(f"grad_out: expected [{b}, {cols}]. Received: {tuple(grad_out.shape)}")
     d_dense = C.new_empty((b, e), dense.dtype, dense.device)
     d_emb = C.new_empty((b, s, e), emb.dtype, emb.device)
+    fast = dense.dtype != torch.float32 and not C.interpreting()
+    warps_d, per_sm, stages = BWD_LAUNCH if fast else (4, 0, 1)
     if b:
-        _bwd_kernel[(b,)](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
-                          d_emb, s, e, cols, NP=np_, BLOCK_E=be,
+        grid, stages = _grid(b, 1, dense.device, persist or (per_sm, stages))
+        _bwd_kernel[grid](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
+                          d_emb, b, s, e, cols, NP=np_, BLOCK_E=be,
                           IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
-                          num_warps=4)
+                          STAGES=stages, num_warps=warps or warps_d)
     return d_dense, d_emb

@@ -52,8 +52,8 @@ def test_interaction_autograd(dev: torch.device) -> None:
 
 
 def test_interaction_block_walk(dev: torch.device) -> None:
-    """Triton forward launch shapes (samples per block, warps, programs walking several
-    blocks) give the default launch's results; the batch is not a multiple of the block."""
+    """Triton launch shapes (samples per block, warps, programs walking several blocks) give
+    the default launch's results; the batch is not a multiple of the block."""
     if K.backend_for(torch.empty(0, device=dev)) != "triton":
         pytest.skip("launch shapes are a Triton matter")
     import importlib
@@ -62,7 +62,11 @@ def test_interaction_block_walk(dev: torch.device) -> None:
     gen = torch.Generator().manual_seed(5)
     dense = torch.randn(7, 16, generator=gen).to(dev)
     emb = torch.randn(7, 5, 16, generator=gen).to(dev)
+    go = torch.randn(7, 16 + 15 + 1, generator=gen).to(dev)
     want = t.interaction_forward(dense, emb)
+    want_b = t.interaction_backward(go, dense, emb)
     for spp, warps, persist in ((2, 2, (1, 2)), (4, 4, (0, 1)), (1, 1, (1, 1))):
         got = t.interaction_forward(dense, emb, spp=spp, warps=warps, persist=persist)
         assert rel_err(got, want) < 1e-6
+        got_b = t.interaction_backward(go, dense, emb, warps=warps, persist=persist)
+        assert all(rel_err(a, b) < 1e-6 for a, b in zip(got_b, want_b))
