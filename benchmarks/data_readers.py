@@ -14,9 +14,13 @@ while another thread runs pure Python (holding the GIL like a training loop's op
 the GIL switch interval ``Model.fit`` sets, ``loader.share_gil``). "rows/s" is wall-clock, the best
 of ``--repeat`` runs (the box may be shared); "rows/CPU-s" divides by the CPU time of the whole
 process (all threads, plus reaped worker processes) of that run, i.e. the throughput of one fully
-used core (the busy thread's CPU counts too). Text rows: the Criteo sample repeated
-``--text-copies`` times; preprocessing (``terarec preprocess criteo``, Parquet out, both passes)
-uses N worker processes (``--workers``), which also write the part files.
+used core (the busy thread's CPU counts too). Text rows: ``--text-copies`` x 10,000 rows of
+Criteo TSV: the real Kaggle sample (``CRITEO``) repeated, or, when that file is absent (or with
+``--synthetic-text``), a synthetic Criteo-format file of that many distinct rows (label, 13
+integer columns with empty fields and negatives, 26 categorical 8-hex-digit columns with empty
+fields, power-law values; :func:`synth_criteo_tsv`); the header says which. Preprocessing
+(``terarec preprocess criteo``, Parquet out, both passes) uses N worker processes
+(``--workers``), which also write the part files.
 """
 
 from __future__ import annotations
@@ -158,15 +162,114 @@ def bench_binary(d: str, fmt: str, n: int, workers: list[int], repeat: int,
     return rows
 
 
-def bench_text(d: str, copies: int, workers: list[int], repeat: int, reader: bool = True
-               ) -> list[Row]:
+# Synthetic Criteo TSV: per-column shapes taken from the Kaggle sample (missing rates, value
+# ranges) and the Kaggle day's categorical cardinalities.
+_I_MISSING = (.45, .00, .20, .20, .05, .25, .05, .00, .05, .45, .05, .77, .20)
+_I_MAX = (214, 18522, 65535, 280, 1618112, 12167, 1658, 682, 7335, 6, 79, 98, 770)
+_C_MISSING = (.00, .00, .04, .04, .00, .13, .00, .00, .00, .00, .00, .04, .00, .00, .00, .04,
+              .00, .00, .45, .45, .04, .82, .00, .04, .45, .45)
+_C_VOCAB = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+            27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+
+
+def _power_law(rng: np.random.Generator, n: int, top: int, skew: float = 2.0) -> np.ndarray:
+    """Integers in ``[0, top]``, heavy head and long tail: ``floor((top + 1) ** u**skew) - 1``
+    for uniform ``u`` (log-uniform for skew 1, more mass near 0 for larger skew)."""
+    u = rng.random(n) ** skew
+    return np.minimum(np.floor(np.exp(u * np.log(top + 1.0))) - 1, top).astype(np.int64)
+
+
+def _digits(v: np.ndarray, out: np.ndarray, valid: np.ndarray) -> None:
+    """Decimal text of ints into the ``(n, width)`` byte block ``out`` (width: room for the
+    digits and a ``-``), right aligned; ``valid`` (same shape) is set where the text is."""
+    n, width = out.shape
+    neg = v < 0
+    a = np.abs(v)
+    used = np.ones(n, np.int64)
+    for j in range(width - 1, -1, -1):
+        out[:, j] = 48 + a % 10
+        a //= 10
+        if j:
+            used += a > 0
+    used += neg
+    valid[:] = np.arange(width)[None, :] >= (width - used)[:, None]
+    rows = np.flatnonzero(neg)
+    out[rows, width - used[rows]] = ord("-")
+
+
+#: the two lowercase hex digits of every byte value, as one uint16 (memory order = text order)
+_HEX2 = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), np.uint16)
+
+
+def _synth_rows(seed: tuple[int, int], n: int) -> bytes:
+    """``n`` rows of Criteo TSV (label, I1-I13, C1-C26; empty field = missing), from the random
+    stream ``seed``: each field written into its columns of one ``(n, width)`` byte matrix,
+    then the unused bytes dropped row by row (one boolean gather)."""
+    rng = np.random.default_rng(seed)
+    widths = [1] + [len(str(top)) + 1 for top in _I_MAX] + [8] * len(_C_VOCAB)
+    W = sum(widths) + len(widths)  # + one tab / newline after each field
+    mat = np.empty((n, W), np.uint8)
+    keep = np.ones((n, W), bool)
+    c0 = 0
+
+    def field(w: int) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal c0
+        cols = slice(c0, c0 + w)
+        mat[:, c0 + w] = 9 if c0 + w + 1 < W else 10
+        c0 += w + 1
+        return mat[:, cols], keep[:, cols]
+
+    out, valid = field(1)
+    _digits((rng.random(n) < 0.22).astype(np.int64), out, valid)
+    for j, (miss, top) in enumerate(zip(_I_MISSING, _I_MAX)):
+        v = _power_law(rng, n, top, 1.0 if top > 100_000 else 2.0)
+        if j == 1:  # I2 has small negative values (-1..-3) in ~10% of the rows
+            neg = rng.random(n) < 0.1
+            v[neg] = -rng.integers(1, 4, int(neg.sum()))
+        out, valid = field(widths[1 + j])
+        _digits(v, out, valid)
+        valid &= (rng.random(n) >= miss)[:, None]
+    for j, (miss, vocab) in enumerate(zip(_C_MISSING, _C_VOCAB)):
+        rank = _power_law(rng, n, vocab - 1)
+        # a bijection of uint32 (odd multiplier), so ranks map to distinct, random-looking ids
+        ids = ((rank * 0x9E3779B1 + 0x85EBCA6B * (j + 1)) & 0xFFFFFFFF).astype(">u4")
+        out, valid = field(8)
+        out[:] = _HEX2[ids.view(np.uint8).reshape(n, 4)].view(np.uint8)
+        valid[:] = (rng.random(n) >= miss)[:, None]
+    return mat[keep].tobytes()
+
+
+def synth_criteo_tsv(path: str, rows: int, seed: int = 0, block: int = 50_000) -> None:
+    """Write ``rows`` rows of synthetic Criteo-format TSV (as Kaggle ``train.txt``) to ``path``;
+    blocks are generated on a thread pool (numpy releases the GIL), written in order. The
+    file depends only on ``rows``, ``seed`` and ``block``."""
+    starts = range(0, rows, block)
+    with open(path, "wb") as fh, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for data in pool.map(lambda a: _synth_rows((seed, a), min(block, rows - a)), starts):
+            fh.write(data)
+
+
+def text_source(synthetic: bool) -> tuple[bool, str]:
+    """(use the synthetic file, a line saying which text source the text rows read)."""
+    if synthetic:
+        return True, "synthetic Criteo-format TSV (--synthetic-text)"
+    if not CRITEO.exists():
+        return True, f"synthetic Criteo-format TSV (the Criteo sample {CRITEO} is absent)"
+    return False, f"the Criteo Kaggle sample {CRITEO} repeated"
+
+
+def bench_text(d: str, copies: int, workers: list[int], repeat: int, reader: bool = True,
+               synthetic: bool = False) -> list[Row]:
     sch = DataSchema([1], ["label"], 13, "dense", [SparseSpec("data1", 1, True, 26)])
     big = os.path.join(d, "criteo.txt")
-    with open(CRITEO, "rb") as fh:
-        data = fh.read()
-    with open(big, "wb") as fh:
-        for _ in range(copies):
-            fh.write(data)
+    if synthetic:
+        synth_criteo_tsv(big, copies * 10_000)
+    else:
+        with open(CRITEO, "rb") as fh:
+            data = fh.read()
+        with open(big, "wb") as fh:
+            for _ in range(copies):
+                fh.write(data)
     rows: list[Row] = []
     for w in workers:
         def prep(w: int = w) -> int:
@@ -197,31 +300,57 @@ def main() -> None:
     ap.add_argument("--what", nargs="*", default=list(WHAT), choices=WHAT,
                     help="rows of the binary formats (busy = prefetch next to a busy thread)")
     ap.add_argument("--text-copies", type=int, default=10,
-                    help="copies of the 10k-row Criteo sample for the text rows")
+                    help="text rows in units of 10,000 (copies of the 10k-row Criteo sample, or "
+                         "as many synthetic rows)")
+    ap.add_argument("--synthetic-text", action="store_true",
+                    help="text rows from a synthetic Criteo-format TSV even when the Criteo "
+                         "sample exists (it is used anyway when the sample is absent)")
     a = ap.parse_args()
+    if a.samples < 1 or a.text_copies < 1 or min(a.workers) < 1:
+        ap.error("--samples, --text-copies and --workers must be >= 1")
     share_gil()  # as Model.fit's reader does
     names = {f.lower(): f for f in FORMATS}
     unknown = [f for f in a.only or [] if f.lower() not in names]
     if unknown:
         ap.error(f"unknown format(s) {unknown}; choose from {' '.join(FORMATS)}")
     only = {names[f.lower()] for f in a.only} if a.only else set(FORMATS[:5])
+    if "CriteoTSV" in only:
+        only.discard("Preprocess")  # CriteoTSV runs preprocessing too
+    text = [f for f in FORMATS if f in only and f in ("CriteoTSV", "Preprocess")]
+    binary = [f for f in FORMATS if f in only and f not in text]
     print(f"# data readers, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, workers={a.workers}, samples={a.samples}, "
           f"best of {a.repeat}, text parser: {'pyarrow' if arrowtext.available() else 'numpy'}")
-    print("| format | what | workers | rows | rows/s | rows/CPU-s |")
-    print("|---|---|---:|---:|---:|---:|")
+    synthetic, what_text = text_source(a.synthetic_text)
+    if text:
+        print(f"# text rows ({a.text_copies * 10_000:,}): {what_text}")
+    notes = []
+    if binary and not a.what:
+        notes.append(f"nothing to run for {' '.join(binary)}: --what is empty")
+        binary = []
+    elif not binary and not text:
+        notes.append("nothing to run: no format selected")
+    printed = 0
+    if binary or text:
+        print("| format | what | workers | rows | rows/s | rows/CPU-s |")
+        print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as d:
-        for fmt in FORMATS:
-            if fmt not in only or (fmt == "Preprocess" and "CriteoTSV" in only):
-                continue
-            if fmt in ("CriteoTSV", "Preprocess"):
+        for fmt in binary + text:
+            if fmt in text:
                 rows = bench_text(d, a.text_copies, a.workers, a.repeat,
-                                  reader=fmt == "CriteoTSV") if CRITEO.exists() else []
+                                  reader=fmt == "CriteoTSV", synthetic=synthetic)
             else:
                 rows = bench_binary(d, fmt, a.samples, a.workers, a.repeat, tuple(a.what))
+            if not rows:
+                notes.append(f"{fmt}: no rows measured")
             for name, what, w, n, rate, per_cpu in rows:
                 cpu = "-" if math.isnan(per_cpu) else f"{per_cpu:,.0f}"
                 print(f"| {name} | {what} | {w} | {n:,} | {rate:,.0f} | {cpu} |", flush=True)
+                printed += 1
+    for note in notes:
+        print(f"# {note}")
+    if not printed:
+        raise SystemExit("data_readers: no rows were measured (see the lines above)")
 
 
 if __name__ == "__main__":

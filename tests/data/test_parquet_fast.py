@@ -120,3 +120,27 @@ def test_column_reduce_matches_numpy():
         m = rng.integers(-(1 << 40), 1 << 40, (n, 5))
         assert np.array_equal(_column_reduce(m, np.maximum), m.max(axis=0))
         assert np.array_equal(_column_reduce(m, np.minimum), m.min(axis=0))
+
+
+def test_leaf_indices_and_reader_reuse(tmp_path):
+    from terarec.data.readers import parquet as P
+
+    paths = [("label",), ("I1",), ("C1", "list", "element"), ("C2",), ("x.y",)]
+    assert P._leaf_indices(paths, ["C2", "label", "C1", "nope", "x.y"]) == [3, 0, 2, 4]
+    rng = np.random.default_rng(4)
+    path = _write(tmp_path, "reuse", _table(rng))
+    cfg = ReaderConfig("Parquet", path, slot_size_array=SIZES, num_workers=2)
+    src = READERS.get("Parquet")(cfg, _schema(False))
+    first = [c.keys[0] for a, b in src.pieces(0, 0, N) for c in src.decode(path, a, b)]
+    reader = P._OPEN.file[2]
+    again = [c.keys[0] for a, b in src.pieces(0, 0, N) for c in src.decode(path, a, b)]
+    assert P._OPEN.file[2] is reader  # one open per thread and file
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    # rewritten file, new source: read with its own footer, not the cached reader
+    cols = _table(rng)
+    cols["C1"][:] = 3
+    path = _write(tmp_path, "reuse", cols)
+    src = READERS.get("Parquet")(cfg, _schema(False))
+    (c,) = src.decode(path, 0, 300)
+    assert P._OPEN.file[2] is not reader
+    assert (c.keys[0].reshape(-1, 3)[:, 0] == 3).all()

@@ -69,6 +69,18 @@ class PartWriter(ABC):
             self._write(c)
             self.rows += len(c)
 
+    def add_columns(self, labels: np.ndarray, dense: np.ndarray, ids: np.ndarray) -> None:
+        """Append the rows of one block given as ``(n, L)`` labels, ``(n, D)`` dense and
+        ``(n, S)`` per-slot ids (any memory order; :meth:`Transform.encode`)."""
+        n = labels.shape[0]
+        if n:
+            self._write_columns(labels, dense, ids)
+            self.rows += n
+
+    def _write_columns(self, labels: np.ndarray, dense: np.ndarray, ids: np.ndarray) -> None:
+        n, S = ids.shape
+        self._write(Chunk(labels, dense, [ids.reshape(-1)], [np.ones((n, S), np.int64)]))
+
     def close(self) -> tuple[str, int] | None:
         """Finish the file: ``(path, rows)``, or None (and no file) when no row was added."""
         return self.finish() if self.rows else None
@@ -107,12 +119,15 @@ class ParquetPart(PartWriter):
         return self._writer
 
     def _write(self, c: Chunk) -> None:
+        self._write_columns(c.labels, c.dense, c.keys[0].reshape(len(c), len(self.t.cat_names)))
+
+    def _write_columns(self, labels: np.ndarray, dense: np.ndarray, ids: np.ndarray) -> None:
         pa = require("pyarrow", extra="parquet", feature="Writing Parquet")
-        S = len(self.t.cat_names)
-        # column-major copies: every column is then a contiguous row, handed over without a copy
-        floats = np.ascontiguousarray(np.hstack([c.labels, c.dense]).T, dtype=np.float32)
-        keys = np.ascontiguousarray(c.keys[0].reshape(len(c), S).T, dtype=np.int64)
-        cols = [pa.array(v) for v in floats] + [pa.array(v) for v in keys]
+        n = labels.shape[0]
+        # every column handed over as one contiguous buffer (no copy when the block is
+        # column-major, as parsed); pa.Array.from_buffers, as pa.array(numpy) imports pandas
+        cols = [_arrow(pa, pa.float32(), v, np.float32, n) for v in (*labels.T, *dense.T)]
+        cols += [_arrow(pa, pa.int64(), v, np.int64, n) for v in ids.T]
         table = pa.Table.from_arrays(cols, schema=self._schema())
         self._open().write_table(table, row_group_size=PARQUET_ROW_GROUP)
 
@@ -185,6 +200,12 @@ class RawPart(PartWriter):
     def _finish(self) -> None:
         if not self.rows:
             open(self.path, "wb").close()
+
+
+def _arrow(pa, typ, v: np.ndarray, dtype, n: int):
+    """A pyarrow array (no nulls) over the contiguous ``dtype`` values of ``v``."""
+    v = np.ascontiguousarray(v, dtype=dtype)
+    return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(v)])
 
 
 def _empty(t: Transform) -> Chunk:

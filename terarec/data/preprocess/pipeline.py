@@ -1,14 +1,17 @@
 """Streaming, multiprocess two-pass preprocessing of text data into Parquet / Raw / Norm.
 
 The input is cut into blocks of whole lines (~``block_bytes``, plain or ``.gz``). Pass 1 (fit)
-parses the training blocks on a process pool and merges dense statistics and per-column value
-counts; the fitted :class:`Transform` is saved (JSON). Pass 2 applies it on the pool too: every
-task covers consecutive blocks, and its worker encodes and writes the rows of each split into
-its own part file (:mod:`~terarec.data.preprocess.parts`), so encoding scales with the workers.
-The main process only lists the parts in input order. Memory is bounded by the block size x
-the number of blocks in flight (plus the vocabularies). Bad rows: ``on_error="raise"``
-(default) stops at the first with file, line and field; ``"skip"`` drops them and lists them in
-the summary.
+parses the training blocks on a process pool (the one that counted the lines); every task
+covers consecutive blocks (grouped as the parts below) and merges their dense statistics and
+per-column value counts on its worker, the main process merges the tasks' (columns on up to 8
+threads). The fitted :class:`Transform` is saved (JSON) while its lookup tables are built
+(:meth:`Transform.prepare`, hash tables of packed values), both before pass 2's pool forks, so
+its workers share the tables. Pass 2: every task covers consecutive blocks, and its worker
+encodes and writes the rows of each split into its own part file
+(:mod:`~terarec.data.preprocess.parts`), so encoding scales with the workers. The main process
+only lists the parts in input order. Memory is bounded by the block size x the number of
+blocks in flight (plus the vocabularies). Bad rows: ``on_error="raise"`` (default) stops at the
+first with file, line and field; ``"skip"`` drops them and lists them in the summary.
 
 Parts: a task takes consecutive blocks of plain files until they hold ``rows_per_file`` lines
 (whole blocks, so a part may hold up to one block more), or fewer when the input has fewer than
@@ -25,6 +28,8 @@ Output layout (``out_dir``): ``train/`` and ``val/`` each with ``part_<k>.parque
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import itertools
 import json
 import multiprocessing
@@ -33,13 +38,13 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 
 from terarec.data.preprocess.parts import OUTPUT_FORMATS, SPLITS, SplitParts
 from terarec.data.preprocess.result import PreprocessResult
-from terarec.data.preprocess.spec import TextSpec, parse_block
+from terarec.data.preprocess.spec import TextSpec, _mask_rows, parse_block
 from terarec.data.preprocess.transform import FitStats, Transform
 from terarec.data.readers.criteo_tsv import iter_counted_blocks, iter_line_blocks
 from terarec.data.writers import parquet_column_names
@@ -49,49 +54,64 @@ from terarec.errors import ConfigError, DataError
 Block = tuple[str, int, int, "bytes | tuple", int]
 
 
-def _blocks(paths: list[str], spec: TextSpec, block_bytes: int, workers: int = 1
+def _blocks(paths: list[str], spec: TextSpec, block_bytes: int, pool: _Workers | None = None
             ) -> Iterator[Block]:
     """(path, first line number, global data-row index of that line, block, lines) per block.
 
     ``block`` is the bytes of whole lines or, for plain (not gzip) files, a reference
     ``(path, start, stop)`` that the worker process reads itself (:func:`_load`), so that the
     main process neither reads nor ships the data. Block boundaries are those of
-    ``iter_line_blocks`` (the last newline within ``block_bytes``); their line counts are taken
-    on the worker processes first (one parallel pass), so line numbers stay exact.
+    ``iter_line_blocks`` (the last newline within ``block_bytes``); the line counts of the
+    blocks of every plain file are taken on the worker processes first (one parallel pass, one
+    process pool for all files), so line numbers stay exact.
     """
-    g = 0
-    header_line: bytes | None = None
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(path, "input file does not exist")
-        if path.endswith(".gz"):
-            first = True
-            for line0, data, n in iter_counted_blocks(path, block_bytes):
-                if first and spec.header:
-                    nl = data.find(b"\n")
-                    head = data[:nl].rstrip(b"\r")
-                    if header_line is None or head == header_line:
-                        header_line = head
-                        data, line0, n = data[nl + 1:], line0 + 1, n - 1
-                first = False
-                if data:
-                    yield path, line0, g, data, n
-                    g += n
+    starts: dict[int, tuple[int, int]] = {}  # plain file -> (first line number, first byte)
+    header_line: bytes | None = None
+    for i, path in enumerate(paths):
+        head_raw = _first_line(path) if spec.header else b""
+        head = head_raw.rstrip(b"\n").rstrip(b"\r")
+        skip = bool(head_raw) and (header_line is None or head == header_line)
+        if skip:
+            header_line = head
+        if not path.endswith(".gz"):
+            starts[i] = (2, len(head_raw)) if skip else (1, 0)
+    refs = {i: [(paths[i], a, b) for a, b in _cuts(paths[i], start, block_bytes)]
+            for i, (_, start) in starts.items()}
+    counts = (pool or _Workers(1, ())).map(_count_lines, [r for i in starts for r in refs[i]])
+    g = 0
+    header_line = None
+    for i, path in enumerate(paths):
+        if i in starts:
+            line0 = starts[i][0]
+            if line0 == 2:
+                header_line = _first_line(path).rstrip(b"\n").rstrip(b"\r")
+            for ref in refs[i]:
+                n = next(counts)
+                yield path, line0, g, ref, n
+                line0 += n
+                g += n
             continue
-        line0, start = 1, 0
-        if spec.header:
-            with open(path, "rb") as fh:
-                head_raw = fh.readline()
-            head = head_raw.rstrip(b"\n").rstrip(b"\r")
-            if head_raw and (header_line is None or head == header_line):
-                header_line = head
-                line0, start = 2, len(head_raw)
-        refs = [(path, a, b) for a, b in _cuts(path, start, block_bytes)]
-        counts = list(_map(_count_lines, refs, workers))
-        for ref, n in zip(refs, counts):
-            yield path, line0, g, ref, n
-            line0 += n
-            g += n
+        first = True
+        for line0, data, n in iter_counted_blocks(path, block_bytes):
+            if first and spec.header:
+                nl = data.find(b"\n")
+                head = data[:nl].rstrip(b"\r")
+                if header_line is None or head == header_line:
+                    header_line = head
+                    data, line0, n = data[nl + 1:], line0 + 1, n - 1
+            first = False
+            if data:
+                yield path, line0, g, data, n
+                g += n
+
+
+def _first_line(path: str) -> bytes:
+    """The first line of a file (plain or ``.gz``) with its newline, b"" when it is empty."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as fh:
+        return fh.readline()
 
 
 def _cuts(path: str, start: int, block_bytes: int) -> list[tuple[int, int]]:
@@ -136,14 +156,6 @@ def _count_lines(ref: tuple) -> int:
     return _load(ref).count(b"\n")
 
 
-def _map(fn: Callable, items: list, workers: int) -> Iterator:
-    if workers <= 1 or len(items) <= 1:
-        return map(fn, items)
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx) as pool:
-        return iter(list(pool.map(fn, items)))
-
-
 def read_header(path: str, sep: str) -> list[str]:
     for _, data in iter_line_blocks(path, 1 << 16):
         return data[: data.find(b"\n")].rstrip(b"\r").decode("utf-8").split(sep)
@@ -151,8 +163,8 @@ def read_header(path: str, sep: str) -> list[str]:
 
 
 #: what every task of the running pass needs, set once per worker process (``_share``) so
-#: that tasks carry only their blocks: (spec, transform) for the fit, plus (format class,
-#: output directory, on_error) for the apply pass.
+#: that tasks carry only their blocks: (spec, transform, on_error) for the fit, (spec,
+#: transform, format class, output directory, on_error) for the apply pass.
 _SHARED: tuple = ()
 
 
@@ -163,8 +175,8 @@ def _share(shared: tuple) -> None:
 
 def _parse(block: Block, max_bad: int):
     """Parse one block: (Parsed rows, bad rows as (path, line, problem))."""
-    path, line0, _, data, _ = block
-    p = parse_block(_SHARED[0], np.frombuffer(_load(data), np.uint8), line0, max_bad)
+    path, line0, _, data, n = block
+    p = parse_block(_SHARED[0], np.frombuffer(_load(data), np.uint8), line0, max_bad, n)
     return p, [(path, ln, msg) for ln, msg in p.bad]
 
 
@@ -175,13 +187,25 @@ def _is_eval(p, block: Block, eval_start: int) -> np.ndarray:
 
 
 def _fit_task(args: tuple) -> tuple:
-    """Pass 1 on one block: (FitStats of its training rows, bad rows, bad count, rows)."""
-    block, eval_start, max_bad = args
-    transform = _SHARED[1]
-    p, bad = _parse(block, max_bad)
-    is_eval = _is_eval(p, block, eval_start)
-    tr = p if not is_eval.any() else _rows(p, ~is_eval)
-    return FitStats.of(tr, transform.hash_buckets is None), bad, p.n_bad, len(p.lines)
+    """Pass 1 on consecutive blocks: (FitStats of their training rows, merged and compacted
+    here, bad rows, bad count, rows). With ``on_error="raise"`` it stops at the first block
+    with a bad row (the main process raises for it)."""
+    blocks, _, max_bad = args
+    transform, on_error = _SHARED[1], _SHARED[2]
+    stats = FitStats()
+    bad: list[tuple[str, int, str]] = []
+    n_bad = n = 0
+    for block, eval_start in blocks:
+        p, b = _parse(block, max_bad)
+        bad += b[: max(0, max_bad - len(bad))]
+        n_bad, n = n_bad + p.n_bad, n + len(p.lines)
+        if p.n_bad and on_error == "raise":
+            break
+        tr = _split(p, block, eval_start)[0]
+        if tr is None:  # every row for eval: statistics of no rows
+            tr = _mask_rows(p, np.zeros(len(p.lines), bool))
+        stats = stats.merge(FitStats.of(tr, transform.hash_buckets is None), fold=False)
+    return stats.compact(), bad, n_bad, n
 
 
 def _apply_task(args: tuple) -> tuple:
@@ -202,18 +226,35 @@ def _apply_task(args: tuple) -> tuple:
             n_bad, n = n_bad + p.n_bad, n + len(p.lines)
             if p.n_bad and on_error == "raise":
                 break
-            is_eval = _is_eval(p, block, eval_start)
-            parts["train"].add(transform.apply(_rows(p, ~is_eval)))
-            parts["val"].add(transform.apply(_rows(p, is_eval)))
+            for split, rows in zip(SPLITS, _split(p, block, eval_start)):
+                if rows is not None:
+                    parts[split].add_columns(*transform.encode(rows))
     finally:
         written = {s: w.close() for s, w in parts.items()}
     return written, bad, n_bad, n
 
 
-def _rows(p, keep):
-    from terarec.data.preprocess.spec import _mask_rows
+def _split(p, block: Block, eval_start: int) -> tuple:
+    """(training rows, eval rows) of a parsed block; None for a split without rows, and no
+    copy when all rows go to one split."""
+    is_eval = _is_eval(p, block, eval_start)
+    if not is_eval.any():
+        return p, None
+    if is_eval.all():
+        return None, p
+    return _mask_rows(p, ~is_eval), _mask_rows(p, is_eval)
 
-    return _mask_rows(p, keep)
+
+def _even_tasks(pairs: list[tuple[Block, int]], target: int, min_tasks: int) -> Iterator[tuple]:
+    """Consecutive (block, eval_start) pairs in ``k`` runs of (nearly) equal block counts: ``k``
+    at least ``min_tasks`` and large enough that a run holds about ``target`` lines at most."""
+    if not pairs:
+        return
+    lines = sum(b[4] for b, _ in pairs)
+    k = min(len(pairs), max(min_tasks, -(-lines // max(target, 1))))
+    bounds = [len(pairs) * i // k for i in range(k + 1)]
+    for i in range(k):
+        yield pairs[bounds[i] : bounds[i + 1]], i, _MAX_BAD
 
 
 def _part_tasks(blocks: Iterable[tuple[Block, int]], target: int, max_bad: int
@@ -236,28 +277,60 @@ def _part_tasks(blocks: Iterable[tuple[Block, int]], target: int, max_bad: int
         yield group, k, max_bad
 
 
-def _run(fn: Callable[[tuple], tuple], tasks: Iterator[tuple], workers: int, shared: tuple
-         ) -> Iterator[tuple]:
-    """Map ``fn`` over ``tasks`` in order with at most ``2 * workers`` in flight; ``shared``
-    is handed to every worker process once (``_SHARED``)."""
-    if workers <= 1:
-        _share(shared)
-        for t in tasks:
-            yield fn(t)
-        return
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool: Executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share,
-                                         initargs=(shared,))
-    try:
+class _Workers:
+    """The worker processes of one phase, started on first use: ``shared`` is handed to each
+    once (``_SHARED``), so that tasks carry only their blocks. One pool serves the line counting
+    and pass 1, another (forked after the fit, sharing the transform's tables) pass 2. With one
+    worker everything runs in this process."""
+
+    def __init__(self, workers: int, shared: tuple) -> None:
+        self.workers, self.shared = workers, shared
+        self._pool: Executor | None = None
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux")
+                                              else "spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_share,
+                                             initargs=(self.shared,))
+        return self._pool
+
+    def map(self, fn: Callable, items: list) -> Iterator:
+        """``fn`` of every item, in order (all of them computed before the first is returned)."""
+        if self.workers <= 1 or len(items) <= 1:
+            return map(fn, items)
+        return iter(list(self._executor().map(fn, items)))
+
+    def run(self, fn: Callable[[tuple], tuple], tasks: Iterator[tuple]) -> Iterator[tuple]:
+        """Map ``fn`` over ``tasks`` in order with at most ``2 * workers`` in flight."""
+        if self.workers <= 1:
+            _share(self.shared)
+            for t in tasks:
+                yield fn(t)
+            return
+        pool = self._executor()
         pending: deque[Future] = deque()
-        for t in tasks:
-            pending.append(pool.submit(fn, t))
-            if len(pending) >= 2 * workers:
+        try:
+            for t in tasks:
+                pending.append(pool.submit(fn, t))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(cancel_futures=True)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Progress:
@@ -295,27 +368,41 @@ def preprocess_text(
     if not inputs:
         raise DataError("<inputs>", "no input files given")
     workers = num_workers or os.cpu_count() or 1
-    train_blocks = _BlockList(inputs, spec, block_bytes, workers)
-    eval_blocks = _BlockList(eval_inputs, spec, block_bytes, workers)
-    total = train_blocks.lines() if eval_last_rows else 0
-    eval_start = total - eval_last_rows if eval_last_rows else 1 << 62
-    if eval_last_rows and eval_start <= 0:
-        raise ConfigError("preprocess(eval_last_rows=...)", f"fewer than the {total} input rows",
-                          eval_last_rows)
-    os.makedirs(out_dir, exist_ok=True)
-    t0 = time.perf_counter()
+    fitting = transform is None
     if transform is None:
         transform = Transform(spec.label or ["label"], spec.dense, _cat_names(spec), dense_mode,
                               freq_threshold, hash_buckets)
-        transform.fit(_fit(train_blocks, eval_start, workers, (spec, transform), on_error,
-                           progress))
-    transform.save(out_dir)
-    splits = {s: SplitParts(part_cls, out_dir, s, transform) for s in SPLITS}
-    pairs = itertools.chain(((b, eval_start) for b in train_blocks),
-                            ((b, -1) for b in eval_blocks))
-    target = _part_rows(rows_per_file, workers, train_blocks, eval_blocks)
-    bad, n_bad = _write_parts(_part_tasks(pairs, target, _MAX_BAD), splits, workers,
-                              (spec, transform, part_cls, out_dir, on_error), on_error, progress)
+    else:  # before any worker process forks, so that they share the lookup tables
+        transform.prepare(_threads(workers))
+    write_shared = (spec, transform, part_cls, out_dir, on_error)
+    # the line counting shares its processes with pass 1 (or, with a given transform, pass 2)
+    with _Workers(workers, (spec, transform, on_error) if fitting else write_shared) as first:
+        train_blocks = _BlockList(inputs, spec, block_bytes, first)
+        eval_blocks = _BlockList(eval_inputs, spec, block_bytes, first)
+        total = train_blocks.lines() if eval_last_rows else 0
+        eval_start = total - eval_last_rows if eval_last_rows else 1 << 62
+        if eval_last_rows and eval_start <= 0:
+            raise ConfigError("preprocess(eval_last_rows=...)",
+                              f"fewer than the {total} input rows", eval_last_rows)
+        os.makedirs(out_dir, exist_ok=True)
+        t0 = time.perf_counter()
+        target = _part_rows(rows_per_file, workers, train_blocks, eval_blocks)
+        if fitting:
+            transform.fit(_fit(train_blocks, eval_start, first, on_error, progress, target),
+                          threads=_threads(workers))
+            first.close()
+        with ThreadPoolExecutor(1) as saver:  # both are numpy work that releases the GIL
+            saved = saver.submit(transform.save, out_dir)
+            transform.prepare(_threads(workers))  # tables built once, shared by the workers
+            saved.result()
+        splits = {s: SplitParts(part_cls, out_dir, s, transform) for s in SPLITS}
+        pairs = itertools.chain(((b, eval_start) for b in train_blocks),
+                                ((b, -1) for b in eval_blocks))
+        with (_Workers(workers, write_shared) if fitting else contextlib.nullcontext(first)
+              ) as second:
+            train_blocks.pool = eval_blocks.pool = second
+            bad, n_bad = _write_parts(_part_tasks(pairs, target, _MAX_BAD), splits, second,
+                                      on_error, progress)
     sources = {s: parts.close() for s, parts in splits.items()}
     res = PreprocessResult(
         out_dir=out_dir, format=part_cls.name, source=sources["train"],
@@ -341,14 +428,16 @@ class _BlockList:
     """The blocks of some input files, iterable more than once: listed once when every file
     is plain (references; the line counting pass runs once), read again for ``.gz`` files."""
 
-    def __init__(self, paths: list[str], spec: TextSpec, block_bytes: int, workers: int) -> None:
-        self.args = (paths, spec, block_bytes, workers)
+    def __init__(self, paths: list[str], spec: TextSpec, block_bytes: int, pool: _Workers
+                 ) -> None:
+        self.args = (paths, spec, block_bytes)
+        self.pool = pool  # counts the lines of plain files
         self.listed: list[Block] | None = None
         if not any(p.endswith(".gz") for p in paths):
-            self.listed = list(_blocks(*self.args))
+            self.listed = list(_blocks(*self.args, pool))
 
     def __iter__(self) -> Iterator[Block]:
-        return iter(self.listed) if self.listed is not None else _blocks(*self.args)
+        return iter(self.listed) if self.listed is not None else _blocks(*self.args, self.pool)
 
     def lines(self) -> int:
         return sum(b[4] for b in self)
@@ -374,28 +463,34 @@ def _check_bad(result: tuple, on_error: str, bad: list, n_bad: int) -> int:
     return n_bad + nb
 
 
-def _fit(blocks: _BlockList, eval_start: int, workers: int, shared: tuple, on_error: str,
-         progress: bool) -> FitStats:
-    """Pass 1: merged statistics of the training rows of every block."""
+def _fit(blocks: _BlockList, eval_start: int, pool: _Workers, on_error: str, progress: bool,
+         target: int) -> FitStats:
+    """Pass 1: merged statistics of the training rows of every block; a task covers
+    consecutive blocks (merged on its worker): for plain files the blocks split into equal runs
+    (at least ``2 x workers`` of them, at most ``target`` lines each, as the workers finish
+    together then), else grouped as in pass 2. The grouping does not change the result."""
     stats = FitStats()
     prog = _Progress("pass 1/2 (fit)", progress)
-    tasks = ((b, eval_start, _MAX_BAD) for b in blocks)
-    for result in _run(_fit_task, tasks, workers, shared):
+    pairs = [(b, eval_start) for b in blocks] if blocks.listed is not None else \
+        ((b, eval_start) for b in blocks)
+    tasks = _even_tasks(pairs, target, 2 * pool.workers) if isinstance(pairs, list) else \
+        _part_tasks(pairs, target, _MAX_BAD)
+    for result in pool.run(_fit_task, tasks):
         _check_bad(result, on_error, [], 0)
-        stats = stats.merge(result[0])
+        stats = stats.merge(result[0], threads=_threads(pool.workers))
         prog.add(result[3])
     prog.add(0, final=True)
     return stats
 
 
-def _write_parts(tasks: Iterator[tuple], splits: dict[str, SplitParts], workers: int,
-                 shared: tuple, on_error: str, progress: bool) -> tuple[list, int]:
+def _write_parts(tasks: Iterator[tuple], splits: dict[str, SplitParts], pool: _Workers,
+                 on_error: str, progress: bool) -> tuple[list, int]:
     """Pass 2: the workers write the parts; they are listed in task (= input) order. Returns
     (bad row examples, bad row count)."""
     bad: list[tuple[str, int, str]] = []
     n_bad = 0
     prog = _Progress("pass 2/2 (write)", progress)
-    for result in _run(_apply_task, tasks, workers, shared):
+    for result in pool.run(_apply_task, tasks):
         n_bad = _check_bad(result, on_error, bad, n_bad)
         for split, part in result[0].items():
             if part is not None:
@@ -403,6 +498,11 @@ def _write_parts(tasks: Iterator[tuple], splits: dict[str, SplitParts], workers:
         prog.add(result[3])
     prog.add(0, final=True)
     return bad, n_bad
+
+
+def _threads(workers: int) -> int:
+    """Threads for the main process's own numpy work (merging counts, building tables)."""
+    return max(1, min(8, workers))
 
 
 def _cat_names(spec: TextSpec) -> list[str]:

@@ -51,15 +51,17 @@ def _mask_rows(p: Parsed, keep: np.ndarray) -> Parsed:
                   p.lines[keep], p.bad, p.n_bad)
 
 
-def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int = 100) -> Parsed:
+def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int = 100,
+                n_lines: int | None = None) -> Parsed:
     """Parse whole lines; rows with a wrong field count or a non-numeric label/dense are *bad*
     (listed in ``bad`` with their line and field, and excluded).
 
     Delimited text goes through pyarrow.csv when it can (:func:`_parse_arrow`); any block the
     fast path declines is parsed here with numpy, which finds and reports the bad rows.
+    ``n_lines``: the number of lines in ``buf`` when known (saves counting them).
     """
     if spec.kind == "delimited":
-        fast = _parse_arrow(spec, buf, first_line)
+        fast = _parse_arrow(spec, buf, first_line, n_lines)
         if fast is not None:
             return fast
     sep = ord(" ") if spec.kind == "libsvm" else ord(spec.sep)
@@ -114,37 +116,44 @@ def parse_block(spec: TextSpec, buf: np.ndarray, first_line: int, max_bad: int =
     return _mask_rows(p, ~row_bad) if row_bad.any() else p
 
 
-def _parse_arrow(spec: TextSpec, buf: np.ndarray, first_line: int) -> Parsed | None:
-    """The pyarrow.csv parse of a block with no bad row, else None (numpy decides)."""
+def _parse_arrow(spec: TextSpec, buf: np.ndarray, first_line: int,
+                 n_lines: int | None = None) -> Parsed | None:
+    """The pyarrow.csv parse of a block with no bad row, else None (numpy decides).
+
+    Every column is written once into a column-major block, so the ``(n, k)`` arrays of the
+    result are Fortran-ordered: each column contiguous, as the transform and the Parquet part
+    writer read them."""
     nums = list(spec.label) + list(spec.dense)
     include = list(dict.fromkeys(nums + list(spec.cats)))
     if len(include) != len(nums) + len(spec.cats) or len(set(spec.names)) != len(spec.names):
         return None  # a column used twice: leave it to the reference parser
-    table = arrowtext.read_block(buf, spec.names, nums, include, sep=spec.sep)
+    table = arrowtext.read_block(buf, spec.names, nums, include, sep=spec.sep, n_lines=n_lines)
     if table is None:
         return None
     n = table.num_rows
-    lab = np.empty((n, len(spec.label)), np.float64)
+    lab = np.empty((len(spec.label), n), np.float64)
     for j, name in enumerate(spec.label):
         v, m = arrowtext.floats(table, name)
         if m.any():
             return None
-        lab[:, j] = v
-    den = np.zeros((n, len(spec.dense)), np.float64)
-    dmiss = np.zeros((n, len(spec.dense)), bool)
+        lab[j] = v
+    den = np.empty((len(spec.dense), n), np.float64)
+    dmiss = np.empty((len(spec.dense), n), bool)
     for j, name in enumerate(spec.dense):
         v, m = arrowtext.floats(table, name)
-        if not np.isfinite(v[~m]).all():
-            return None
-        den[:, j] = np.where(m, 0.0, v)
-        dmiss[:, j] = m
+        if m.any():
+            if not np.isfinite(v[~m]).all():
+                return None
+            np.copyto(den[j], np.where(m, 0.0, v))
+        else:
+            if not np.isfinite(v).all():
+                return None
+            den[j] = v
+        dmiss[j] = m
     cols = [arrowtext.binary_column(table, c) for c in spec.cats]
-    packed = [arrowtext.pack_short(c) for c in cols]
-    if all(p is not None for p in packed):
-        cats = np.stack(packed, axis=1) if packed else np.zeros((n, 0), np.uint64)
-    else:
-        cats = np.stack([as_bytes(*arrowtext.binary_parts(c)) for c in cols], axis=1)
-    labels = lab.astype(np.float32)
-    if spec.label_threshold is not None:
-        labels = (lab >= spec.label_threshold).astype(np.float32)
-    return Parsed(labels, den, dmiss, cats, np.arange(n, dtype=np.int64) + first_line)
+    cats = np.empty((len(cols), n), np.uint64)
+    if not all(arrowtext.pack_short(c, cats[j]) is not None for j, c in enumerate(cols)):
+        cats = np.stack([as_bytes(*arrowtext.binary_parts(c)) for c in cols], axis=0)
+    labels = lab.astype(np.float32) if spec.label_threshold is None else \
+        (lab >= spec.label_threshold).astype(np.float32)
+    return Parsed(labels.T, den.T, dmiss.T, cats.T, np.arange(n, dtype=np.int64) + first_line)

@@ -23,9 +23,11 @@ and slot columns must match the schema. Keys: negative values are errors; with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -111,27 +113,35 @@ class _FilePlan:
 
     ``fast``: every label and dense column a number, every slot column a scalar integer that
     fits int64, ``dense_dim`` dense columns and every slot allowing a key: such blocks take
-    :meth:`ParquetSource._fast_chunk` unless they hold nulls. ``dense_f32``: all dense columns
-    float32 (the dense block is then one ``to_tensor``).
+    :meth:`ParquetSource._fast_chunk` unless they hold nulls. ``dense_f32`` / ``labels_f32``:
+    all dense / label columns float32 (the block is then one ``to_tensor``). ``signed_keys``:
+    some slot column has a signed type (negative keys possible).
     """
 
     fast: bool
     dense_f32: bool
+    labels_f32: bool = False
+    signed_keys: bool = True
 
 
 class ParquetSource(FormatSource):
     """Parquet files (module docstring); one decode unit per row group (or part of one).
 
-    Per file, once: the footer (row counts, row-group layout) and whether its column types allow
-    the fast conversion (:meth:`_plan`). Per row group: one read of the needed columns, then
-    either the fast conversion (:meth:`_fast_chunk`: a few whole-block numpy operations, which
-    release the GIL) or, for list columns, nulls or other types, the general one
-    (:meth:`_general_chunk`). Both give the same chunk and the same errors.
+    Per file, once: the footer (row counts, row-group layout, the leaf columns to read) and
+    whether its column types allow the fast conversion (:meth:`_plan`). Per row group: one read
+    of the needed columns (:func:`_open`), then either the fast conversion (:meth:`_fast_chunk`:
+    three ``to_tensor`` calls and a few whole-block numpy operations, each releasing the GIL
+    once) or, for list columns, nulls or other types, the general one (:meth:`_general_chunk`).
+    Both give the same chunk and the same errors. Few GIL round trips per block matter next to
+    a training thread that keeps the GIL busy: there every retake of the GIL waits (up to the
+    switch interval); a block took ~100 of them before (+47 ms per 62.5k-row block next to a
+    busy thread, 2-core box), ~15 now (+9 ms).
     """
 
     def resolve(self, source: str | list[str]) -> list[str]:
         paths = resolve_parquet_source(source)
         self._pf_meta: dict = {}
+        self._leaves: dict[str, list[int]] = {}  # Parquet leaf columns of the needed columns
         self._group_starts: dict[str, np.ndarray] = {}
         self._plans: dict[str, _FilePlan] = {}
         meta_path = os.path.join(os.path.dirname(paths[0]), "_metadata.json")
@@ -182,10 +192,12 @@ class ParquetSource(FormatSource):
 
     def file_num_samples(self, path: str) -> int:
         try:
-            md = _pq().ParquetFile(path).metadata
+            pf = _pq().ParquetFile(path)
+            md = pf.metadata
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DataError(path, f"not a readable parquet file: {exc}") from None
         self._pf_meta[path] = md
+        self._leaves[path] = _leaf_indices(pf.reader.column_paths, self._names())
         rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
         self._group_starts[path] = np.concatenate(([0], np.cumsum(rows))).astype(np.int64)
         n = int(md.num_rows)
@@ -216,7 +228,6 @@ class ParquetSource(FormatSource):
         bounds = self._group_starts[path]
         groups = [g for g in range(bounds.size - 1) if bounds[g] < stop and bounds[g + 1] > start]
         first = int(bounds[groups[0]]) if groups else 0
-        names = self.columns.labels + self.columns.dense + self.columns.cats
         try:
             # The footer was parsed once (file_num_samples). Without pre-buffering (pyarrow
             # reading the column chunks ahead on its I/O threads) the read costs ~13% less CPU
@@ -224,22 +235,22 @@ class ParquetSource(FormatSource):
             # num_workers threads: pyarrow's own pool on top of them oversubscribes the cores
             # (1.1M rows per CPU-s with 16 workers on 16 cores vs 1.9M on 2), so one reader
             # thread decodes its row groups by itself.
-            pf = _pq().ParquetFile(path, metadata=md, pre_buffer=False)
-            table = pf.read_row_groups(groups, columns=names,
-                                       use_threads=self.config.num_workers <= 1)
+            table = _open(path, md).read_row_groups(groups, column_indices=self._leaves[path],
+                                                    use_threads=self.config.num_workers <= 1)
         except Exception as exc:
-            raise DataError(path, f"cannot read columns {names}: {exc}") from None
+            raise DataError(path, f"cannot read columns {self._names()}: {exc}") from None
         if start != first or stop - start != table.num_rows:
             table = table.slice(start - first, stop - start)
         return table
 
+    def _names(self) -> list[str]:
+        return self.columns.labels + self.columns.dense + self.columns.cats
+
     def _to_chunk(self, path: str, table, row0: int) -> Chunk:
         """One decoded block (rows counted from ``row0`` in error messages)."""
         plan = self._plan(path, table.schema)
-        if table.num_rows and plan.fast:
-            arrays = _plain_columns(table)
-            if arrays is not None:
-                return self._fast_chunk(path, table, arrays, row0, plan)
+        if table.num_rows and plan.fast and not any(col.null_count for col in table.columns):
+            return self._fast_chunk(path, table, row0, plan)
         return self._general_chunk(path, table, row0)
 
     # -- fast conversion: scalar number columns, one key per slot, no nulls -------------------
@@ -257,55 +268,67 @@ class ParquetSource(FormatSource):
         types = {f.name: f.type for f in schema}
         number = [types.get(n) for n in c.labels + c.dense]
         keys = [types.get(n) for n in c.cats]
-        fast = (all(t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t))
-                    for t in number)
+        fast = (_to_tensor_ok()
+                and all(t is not None and (pa.types.is_integer(t) or pa.types.is_floating(t))
+                        for t in number)
                 and all(t is not None and pa.types.is_integer(t) and t != pa.uint64()
                         for t in keys)
                 # otherwise the general path reports the dense width / nnz problem
                 and len(c.dense) == self.schema.dense_dim and bool((self._maxnnz >= 1).all()))
         dense_f32 = bool(c.dense) and all(types.get(n) == pa.float32() for n in c.dense)
-        return _FilePlan(fast, dense_f32)
+        labels_f32 = bool(c.labels) and all(types.get(n) == pa.float32() for n in c.labels)
+        signed = any(t is None or pa.types.is_signed_integer(t) for t in keys)
+        return _FilePlan(fast, dense_f32, labels_f32, signed)
 
-    def _fast_chunk(self, path: str, table, arrays: list[np.ndarray], row0: int,
-                    plan: _FilePlan) -> Chunk:
-        """Chunk of a block whose columns are plain numpy arrays (labels, dense, slots)."""
+    def _fast_chunk(self, path: str, table, row0: int, plan: _FilePlan) -> Chunk:
+        """Chunk of a block without nulls whose columns the plan allows (scalar numbers).
+
+        Each of the three blocks (labels, dense, slot keys) is one pyarrow ``to_tensor``
+        (columns of mixed number types are widened exactly: int32 and uint32 keys to int64),
+        i.e. one C++ call that releases the GIL once, plus a few whole-block numpy calls: next
+        to a thread that keeps the GIL busy (a training loop), every reacquisition of the GIL
+        waits, so the number of calls per block matters more than their size. Labels / dense
+        of other types than float32 are converted column by column.
+        """
         c, sch = self.columns, self.schema
-        L, D = len(c.labels), len(c.dense)
-        n = arrays[0].size
-        labels = _stack_float32(arrays[:L], n)
-        if plan.dense_f32:  # one C++ pass (GIL released once) builds the row-major block
-            dense = table.select(c.dense).to_tensor().to_numpy()
-        else:
-            dense = _stack_float32(arrays[L : L + D], n)
+        n = table.num_rows
+        labels = _float_block(table, c.labels, n, plan.labels_f32)
+        dense = _float_block(table, c.dense, n, plan.dense_f32)
         check_dense_finite(path, dense, row0)
-        keys = self._one_hot_keys(path, arrays[L + D :], n, row0)
+        keys = self._one_hot_keys(path, table, n, row0, plan.signed_keys)
         k, ln = split_slots(sch, keys, fixed_lengths(n, [1] * len(c.cats)))
         return Chunk(labels, dense, k, ln)
 
-    def _one_hot_keys(self, path: str, cols: list[np.ndarray], n: int, row0: int) -> np.ndarray:
-        """Sample-major int64 keys (slot offsets added) of one-key-per-slot columns.
+    def _one_hot_keys(self, path: str, table, n: int, row0: int, signed: bool) -> np.ndarray:
+        """Sample-major int64 keys (slot offsets added) of the one-key-per-slot columns.
 
-        One pass writes the ``(n, S)`` key matrix (with slot offsets: one add per column into
-        its strided column; without: one ``np.stack``), then column-wise max (and min, for
-        signed keys with offsets) reductions check every slot at once. All of these release
-        the GIL for their whole work. Only a failing check scans the slot for the first bad key,
-        with the same error as the general path.
+        One (column-major) ``to_tensor`` and one numpy add (the slot offsets broadcast over the
+        rows) write the ``(n, S)`` key matrix, then column-wise max (and min, for signed keys
+        with offsets) reductions check every slot at once. Only a failing check scans the slot
+        for the first bad key, with the same error as the general path.
         """
-        if not cols:
+        cats = self.columns.cats
+        if not cats:
             return np.empty(0, dtype=np.int64)
-        mat = self._key_matrix(cols, n)
+        # column-major: pyarrow copies each column whole; numpy then transposes while it
+        # widens and adds the offsets (2x faster than a row-major to_tensor: no strided writes)
+        t = table.select(cats).to_tensor(row_major=False).to_numpy()
+        mat = np.empty((n, len(cats)), dtype=np.int64)
         if self._sizes is None:
+            np.copyto(mat, t, casting="unsafe")
             hi = _column_reduce(mat.view(np.uint64), np.maximum)  # negative: >= 2^63
             bad = hi >= np.uint64(1 << 63)
             top = hi.astype(np.int64)
         else:
+            np.add(t, self._offs, out=mat, casting="unsafe")
             top = _column_reduce(mat, np.maximum)
             bad = top >= self._offs + self._sizes
-            if any(c.dtype.kind == "i" for c in cols):  # negative keys (or int64 wrap-around)
+            if signed:  # negative keys (or int64 wrap-around)
                 bad |= _column_reduce(mat, np.minimum) < self._offs
         if bad.any():
             s = int(np.flatnonzero(bad)[0])
-            self._check_slot(path, cols[s].astype(np.int64), s, np.arange(n), row0)
+            vals = _one_chunk(table.column(cats[s])).to_numpy(zero_copy_only=False)
+            self._check_slot(path, vals.astype(np.int64), s, np.arange(n), row0)
         keys = mat.reshape(-1)
         if not self.config.i64_input_key and int(top.max()) > 0xFFFFFFFF:
             check_keys(path, keys, None, None, None, row0, False)
@@ -425,19 +448,63 @@ class ParquetSource(FormatSource):
                             for s, v in enumerate(per_slot)], lengths)
 
 
-def _plain_columns(table) -> list[np.ndarray] | None:
-    """Every column of a one-chunk ``table`` as a zero-copy numpy array, or None when one
-    cannot be (nulls, several chunks, a non-numeric type): the general path takes those."""
+@functools.cache
+def _to_tensor_ok() -> bool:
+    """pyarrow has ``Table.to_tensor(row_major=...)`` (the fast path needs it)."""
     import pyarrow as pa
 
-    batches = table.to_batches()
-    if len(batches) != 1:
-        return None
+    try:  # (built from a buffer: pa.array / pa.scalar import pandas)
+        a = pa.Array.from_buffers(pa.int32(), 1, [None, pa.py_buffer(bytes(4))])
+        pa.Table.from_arrays([a], names=["a"]).to_tensor(row_major=False)
+    except (AttributeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
+#: per thread: the Parquet reader of the file it read last (``_open``)
+_OPEN = threading.local()
+
+
+def _open(path: str, md):
+    """A Parquet file reader of ``path`` (footer ``md``), kept open for the calling thread's
+    next read of the same file. It is pyarrow's low-level reader on a native file: the
+    ``ParquetFile`` wrapper's filesystem resolution and column bookkeeping hold the GIL or
+    release and retake it several times per call, and next to a thread that keeps the GIL busy
+    (a training loop) every retake waits, so that the open cost ~10x the ~0.1 ms it costs alone.
+    """
+    hit = getattr(_OPEN, "file", None)
+    if hit is not None and hit[0] == path and hit[1] is md:
+        return hit[2]
+    import pyarrow as pa
+
     try:
-        arrays = [a.to_numpy(zero_copy_only=True) for a in batches[0].columns]
-    except pa.ArrowInvalid:
-        return None
-    return arrays if all(a.dtype.kind in "iuf" for a in arrays) else None
+        from pyarrow._parquet import ParquetReader
+
+        reader = ParquetReader()
+        reader.open(pa.OSFile(path), metadata=md, pre_buffer=False)
+    except (ImportError, TypeError):  # another pyarrow's internals: the public wrapper's reader
+        reader = _pq().ParquetFile(path, metadata=md, pre_buffer=False).reader
+    _OPEN.file = (path, md, reader)
+    return reader
+
+
+def _leaf_indices(column_paths: list[tuple[str, ...]], names: list[str]) -> list[int]:
+    """Parquet leaf columns of the top-level columns ``names``, in that order (what
+    ``ParquetFile.read_row_groups(columns=names)`` reads; unknown names read nothing)."""
+    leaves: dict[str, list[int]] = {}
+    for i, p in enumerate(column_paths):
+        leaves.setdefault(p[0], []).append(i)
+    return [i for name in names for i in leaves.get(name, [])]
+
+
+def _float_block(table, names: list[str], n: int, f32: bool) -> np.ndarray:
+    """Number columns side by side as one ``(n, len(names))`` float32 array: one
+    ``to_tensor`` when all are float32, else each column cast on its own (as the general
+    path does: a float64 or int64 value is rounded to float32 once)."""
+    if f32:
+        return table.select(names).to_tensor().to_numpy()
+    cols = [_one_chunk(table.column(name)).to_numpy(zero_copy_only=False) for name in names]
+    return _stack_float32(cols, n)
 
 
 def _column_reduce(mat: np.ndarray, op: np.ufunc, rows: int = 64) -> np.ndarray:
