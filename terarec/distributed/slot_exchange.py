@@ -24,6 +24,11 @@ Keys outside their slot's range (whole table on one rank: outside the table) are
 (plain torch: lazy row creation by ``insert_keys``, gather, ``sum_per_row`` + the optimizer's
 update) runs wherever the fused kernels do not (CPU / gloo, other optimizers); both send the
 same messages.
+
+Opt-in (``TERAREC_REPLICATE_SLOT_ROWS=<max rows>``): the slots with at most that many rows are
+replicated on every rank (:class:`~terarec.distributed.slot_replica.SlotReplica`, for rules
+whose zero-gradient step is a no-op); the all-to-alls then carry only the other slots and the
+replicated slots' gradients go through one dense all-reduce.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from terarec.distributed import comm
+from terarec.distributed.slot_replica import SlotReplica, replicated_slots
 from terarec.embedding import fast_path
 from terarec.embedding.table import DIRECT_TYPES, sum_per_row
 from terarec.errors import CapacityError, ConfigError
@@ -54,6 +60,7 @@ class _Step:
         self.index, self.inverse = index  # send position <-> flat (sample, slot) position
         self.rows = rows  # local rows of the received keys (owner)
         self.fast = fast
+        self.rep_rows: torch.Tensor | None = None  # replica rows of the replicated slots
 
 
 class _Layout(NamedTuple):
@@ -92,8 +99,13 @@ class SlotExchange:
         self.slot_num = cfg.slot_num
         self.dim = cfg.dim
         ranks = table.placement.ranks
-        self.slots_of = [[s for s in range(cfg.slot_num) if ranks[s % len(ranks)] == p]
+        rep = replicated_slots(table)
+        # the replicated slots (opt-in) never travel: the all-to-alls carry the others
+        self.replica = SlotReplica(table, rep, group) if rep else None
+        self.slots_of = [[s for s in range(cfg.slot_num)
+                          if ranks[s % len(ranks)] == p and s not in rep]
                          for p in range(self.world)]
+        owned = [s for s in range(cfg.slot_num) if ranks[s % len(ranks)] == self.rank]
         mine = self.slots_of[self.rank]
         sizes = [int(n) for n in cfg.slot_size_array]
         starts = [sum(sizes[:s]) for s in range(len(sizes))]
@@ -104,8 +116,10 @@ class SlotExchange:
         mapped = getattr(table.shard.index, "to_local", None) if table.shard is not None \
             else None
         # local row of key k in my j-th slot = k - starts[j] + bases[j]
-        if mapped is not None:  # the shard stacks the key ranges of my slots
-            self.bases = torch.cumsum(self.sizes, 0) - self.sizes
+        if mapped is not None:  # the shard stacks the key ranges of all my slots
+            owned_sizes = [sizes[s] for s in owned]
+            self.bases = torch.tensor([sum(owned_sizes[:owned.index(s)]) for s in mine],
+                                      dtype=torch.int64, device=dev)
         else:  # whole table on this rank: rows are keys, any key below the capacity (as in
             # the unsharded table)
             self.starts.zero_()
@@ -161,8 +175,9 @@ class SlotExchange:
         got = self._index.get(b)
         if got is None:
             base = torch.arange(b, dtype=torch.int64, device=device).unsqueeze(1) * self.slot_num
+            groups = [*self.slots_of, self.replica.slots if self.replica is not None else []]
             parts = [(base + torch.tensor(s, dtype=torch.int64, device=device)).reshape(-1)
-                     for s in self.slots_of if s]
+                     for s in groups if s]
             idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64,
                                                              device=device)
             inverse = torch.empty_like(idx)
@@ -233,10 +248,20 @@ class SlotExchange:
 
     def forward_pass(self, step: _Step, keys: torch.Tensor) -> torch.Tensor:
         send_c, recv_c = self._counts(step)
-        recv_keys = comm.all_to_all_rows(keys.index_select(0, step.index), send_c, recv_c,
+        n_send = sum(send_c)
+        send_idx = step.index[:n_send]
+        rep_vec = None
+        if self.replica is not None:  # replicated slots: local rows, no exchange
+            rows, bad = self.replica.rows_of(keys.index_select(0, step.index[n_send:]))
+            self._flag(bad)
+            step.rep_rows = rows
+            rep_vec = self.replica.lookup(rows, self._wire_dtype())
+        recv_keys = comm.all_to_all_rows(keys.index_select(0, send_idx), send_c, recv_c,
                                          self.group)
         vectors = self._lookup(step, recv_keys)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
+        if rep_vec is not None:
+            back = torch.cat([back, rep_vec.to(back.dtype)])
         return self._gather_rows(back, step.inverse)  # back in (sample, slot) order
 
     def _wire_dtype(self) -> torch.dtype:
@@ -294,10 +319,23 @@ class SlotExchange:
         total = sum(step.sizes)
         uniform = len(set(step.sizes)) == 1
         send = self._gather_rows(grad_out.reshape(-1, self.dim), step.index)
+        rep_grad = None
+        if self.replica is not None:
+            n_send = sum(send_c)
+            send, rep_grad = send[:n_send].contiguous(), send[n_send:]
         if not uniform:  # each sender weighs its own samples (B_local / B_global)
             send.mul_(step.batch / total if total else 0.0)
         got = comm.all_to_all_rows(send, send_c, recv_c, self.group)
         weight = 1.0 / self.world if uniform else 1.0
+        shard = self.table.shard
+        before = shard.optimizer.t if shard is not None else None
+        self._update(step, got, weight)
+        if self.replica is not None:  # one all-reduce, the same update on every rank
+            scale = 1.0 / self.world if uniform else (step.batch / total if total else 0.0)
+            self.replica.backward(step.rep_rows, rep_grad, scale, before)
+
+    def _update(self, step: _Step, got: torch.Tensor, weight: float) -> None:
+        """The owner's optimizer step on the received gradients."""
         shard = self.table.shard
         if shard is None or self.table.frozen:
             return

@@ -70,6 +70,21 @@ class TableWiseTable(RoutedTable):
             return self.exchange(sparse)  # type: ignore[misc]
         return super().forward(sparse)
 
+    def load(self, keys, vectors, slot_ids=None) -> None:  # noqa: ANN001
+        super().load(keys, vectors, slot_ids)
+        self._replica_stale()
+
+    def load_optimizer_state(self, state) -> None:  # noqa: ANN001
+        super().load_optimizer_state(state)
+        self._replica_stale()
+
+    def _replica_stale(self) -> None:
+        """A load changed the owners' rows: the replicated slots (opt-in, see
+        :mod:`terarec.distributed.slot_replica`) refresh at the next forward."""
+        rep = self._exchange.replica if self._exchange is not None else None
+        if rep is not None:
+            rep.mark_stale()
+
     def slots_needed(self) -> bool:
         return len(self.placement.ranks) > 1
 
