@@ -45,7 +45,7 @@ def _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask):
     is_e = (ii >= 1) & (ii <= S)
     xd = tl.load(dense_ptr + bb * E + ee + 0 * ii, mask=live & (ii == 0), other=0.0)
     xe = tl.load(emb_ptr + bb * S * E + (ii - 1) * E + ee, mask=live & is_e, other=0.0)
-    return xd + xe, is_e, live
+    return xd + xe
 
 
 @triton.jit
@@ -62,7 +62,7 @@ def _gram(a, bt, IEEE: tl.constexpr, INTERP: tl.constexpr):
 @triton.jit
 def _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask,
                IEEE: tl.constexpr, INTERP: tl.constexpr):
-    x, _, _ = _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask)
+    x = _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask)
     z = _gram(x, tl.permute(x, (0, 2, 1)), IEEE=IEEE, INTERP=INTERP)
     bm = b < B
     row = out_ptr + b * out_cols

@@ -128,15 +128,21 @@ def train(tables: dict[str, Any], cfgs: list[TableConfig], opt: str, dp: Any = N
             pooled = [tables[c.name](b["sparse"][c.input_name]).flatten(1) for c in cfgs]
         logits = lin(torch.cat([*pooled, b["dense"]], 1))
         loss = F.binary_cross_entropy_with_logits(logits, b["label"])
-        loss.backward()
-        if dp is not None:
-            dp.grad_sync([p.grad for p in lin.parameters()])
-            loss = dp.loss_sync(loss)
-        with torch.no_grad():
-            for p in lin.parameters():
-                p -= 0.1 * p.grad
-        losses.append(float(loss.detach()))
+        losses.append(dense_step(lin, loss, dp))
     return {"losses": losses, "dense": [p.detach().cpu().clone() for p in lin.parameters()]}
+
+
+def dense_step(lin: torch.nn.Module, loss: torch.Tensor, dp: Any = None) -> float:
+    """Backward of ``loss``, the data-parallel gradient all-reduce (``dp``), one SGD step of
+    ``lin`` (lr 0.1); returns the (global) loss."""
+    loss.backward()
+    if dp is not None:
+        dp.grad_sync([p.grad for p in lin.parameters()])
+        loss = dp.loss_sync(loss)
+    with torch.no_grad():
+        for p in lin.parameters():
+            p -= 0.1 * p.grad
+    return float(loss.detach())
 
 
 def reference(opt: str, update: str = "Global", onehot: bool = False) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from terarec.embedding.table import EmbeddingTable
 from terarec.optim.config import OptimizerConfig
 from terarec.sparse import SparseInput
 from tests.distributed.harness import run_ranks
+from tests.distributed.scenarios import dense_step
 from tests.distributed.test_sharded_training import TOL, assert_same_table
 
 SIZES = [30, 300, 20, 400, 50]
@@ -77,14 +78,7 @@ def train(table: Any, lin: torch.nn.Linear, opt: str, seed: int, dp: Any = None,
             label = label[lo:hi]
         lin.zero_grad()
         loss = F.binary_cross_entropy_with_logits(lin(table(sp).flatten(1)), label)
-        loss.backward()
-        if dp is not None:
-            dp.grad_sync([p.grad for p in lin.parameters()])
-            loss = dp.loss_sync(loss)
-        with torch.no_grad():
-            for p in lin.parameters():
-                p -= 0.1 * p.grad
-        losses.append(float(loss.detach()))
+        losses.append(dense_step(lin, loss, dp))
     return losses
 
 

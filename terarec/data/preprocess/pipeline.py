@@ -186,6 +186,29 @@ def _is_eval(p, block: Block, eval_start: int) -> np.ndarray:
     return (g0 + (p.lines - line0)) >= eval_start
 
 
+class _Tally:
+    """Bad rows (the first ``max_bad``), bad count and rows of one task's parsed blocks."""
+
+    def __init__(self) -> None:
+        self.bad: list[tuple[str, int, str]] = []
+        self.n_bad = 0
+        self.n = 0
+
+
+def _parsed(blocks: Iterable[tuple[Block, int]], max_bad: int, on_error: str,
+            tally: _Tally) -> Iterator[tuple]:
+    """(parsed block, block, eval start) of ``blocks`` in order, counted in ``tally``; with
+    ``on_error="raise"`` it stops at the first block with a bad row."""
+    for block, eval_start in blocks:
+        p, b = _parse(block, max_bad)
+        tally.bad += b[: max(0, max_bad - len(tally.bad))]
+        tally.n_bad += p.n_bad
+        tally.n += len(p.lines)
+        if p.n_bad and on_error == "raise":
+            return
+        yield p, block, eval_start
+
+
 def _fit_task(args: tuple) -> tuple:
     """Pass 1 on consecutive blocks: (FitStats of their training rows, merged and compacted
     here, bad rows, bad count, rows). With ``on_error="raise"`` it stops at the first block
@@ -193,19 +216,13 @@ def _fit_task(args: tuple) -> tuple:
     blocks, _, max_bad = args
     transform, on_error = _SHARED[1], _SHARED[2]
     stats = FitStats()
-    bad: list[tuple[str, int, str]] = []
-    n_bad = n = 0
-    for block, eval_start in blocks:
-        p, b = _parse(block, max_bad)
-        bad += b[: max(0, max_bad - len(bad))]
-        n_bad, n = n_bad + p.n_bad, n + len(p.lines)
-        if p.n_bad and on_error == "raise":
-            break
+    tally = _Tally()
+    for p, block, eval_start in _parsed(blocks, max_bad, on_error, tally):
         tr = _split(p, block, eval_start)[0]
         if tr is None:  # every row for eval: statistics of no rows
             tr = _mask_rows(p, np.zeros(len(p.lines), bool))
         stats = stats.merge(FitStats.of(tr, transform.hash_buckets is None), fold=False)
-    return stats.compact(), bad, n_bad, n
+    return stats.compact(), tally.bad, tally.n_bad, tally.n
 
 
 def _apply_task(args: tuple) -> tuple:
@@ -217,21 +234,15 @@ def _apply_task(args: tuple) -> tuple:
     blocks, index, max_bad = args
     _, transform, part_cls, out_dir, on_error = _SHARED
     parts = {s: part_cls(out_dir, s, index, transform) for s in SPLITS}
-    bad: list[tuple[str, int, str]] = []
-    n_bad = n = 0
+    tally = _Tally()
     try:
-        for block, eval_start in blocks:
-            p, b = _parse(block, max_bad)
-            bad += b[: max(0, max_bad - len(bad))]
-            n_bad, n = n_bad + p.n_bad, n + len(p.lines)
-            if p.n_bad and on_error == "raise":
-                break
+        for p, block, eval_start in _parsed(blocks, max_bad, on_error, tally):
             for split, rows in zip(SPLITS, _split(p, block, eval_start)):
                 if rows is not None:
                     parts[split].add_columns(*transform.encode(rows))
     finally:
         written = {s: w.close() for s, w in parts.items()}
-    return written, bad, n_bad, n
+    return written, tally.bad, tally.n_bad, tally.n
 
 
 def _split(p, block: Block, eval_start: int) -> tuple:
