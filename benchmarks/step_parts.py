@@ -7,6 +7,8 @@ reference before it is timed (``triton.testing.do_bench`` medians, CUDA events).
   warps, programs per SM walking the blocks, pipeline stages) and its backward (B = 65,536,
   26 tables, dim 128, bf16) against :mod:`terarec.kernels.reference`. Isolated timings flush
   the L2 between calls and can rank shapes differently from the step (see ``train``).
+* ``dgrad``: ``linear_relu_dgrad`` (the MLP's dgrad GEMM with the ReLU backward in its
+  epilogue) per launch shape vs cuBLAS + ``relu_bias_backward``, DLRM shapes.
 * ``train``: the whole DLRM step (``train_throughput.py --config dlrm --skip-peer``, CUDA graph)
   with module constants changed per run (interaction launch shapes, the fused backward's
   chunk walk): the ranking in the step is what the defaults follow.
@@ -63,6 +65,40 @@ def interaction(b: int) -> None:
         print(f"| {spp} | {warps} | {walk} | {tf:.3f} | {nbytes_f / tf / 1e6:.0f} | {ef:.2e} |")
 
 
+# (BLOCK_M, BLOCK_K, BLOCK_N, warps, stages, GROUP_M) of kernels.linear_relu_dgrad
+DGRAD_VARIANTS = [(128, 256, 64, 8, 3, 8), (128, 128, 64, 4, 4, 8), (128, 64, 64, 4, 4, 8),
+                  (64, 128, 64, 4, 4, 8), (128, 128, 32, 4, 5, 8), (256, 128, 64, 8, 3, 8),
+                  (128, 128, 64, 8, 3, 8), (128, 128, 128, 8, 3, 8)]
+
+
+def dgrad(b: int) -> None:
+    """``linear_relu_dgrad`` (GEMM + ReLU mask + column sums in the epilogue) vs cuBLAS mm +
+    ``relu_bias_backward`` for the DLRM MLP shapes, per launch shape (isolated)."""
+    from terarec.kernels import triton_mlp as T
+
+    print("| inner N -> out K | cuBLAS + relu_bias_bwd ms | " +
+          " | ".join(str(v) for v in DGRAD_VARIANTS) + " |")
+    for n, k in ((1024, 1024), (512, 1024), (256, 512), (128, 256)):
+        g = torch.randn(b, n, device="cuda").bfloat16()
+        w = (torch.randn(k, n, device="cuda") / n**0.5).bfloat16()
+        y = torch.relu(torch.randn(b, k, device="cuda")).bfloat16()
+        ref_g, ref_db = T.relu_bias_backward(g.mm(w.t()), y)
+        row = [f"{bench(lambda g=g, w=w, y=y: T.relu_bias_backward(g.mm(w.t()), y)):.3f}"]
+        saved = T.DGRAD_LAUNCH
+        for launch in DGRAD_VARIANTS:
+            T.DGRAD_LAUNCH = launch
+            try:
+                og, odb = T.linear_relu_dgrad(g, w, y)
+                err = float((og.float() - ref_g.float()).norm() / ref_g.float().norm())
+                t = bench(lambda g=g, w=w, y=y: T.linear_relu_dgrad(g, w, y))
+                row.append(f"{t:.3f} ({err:.0e})")
+            except Exception as exc:  # noqa: BLE001 - report the variant that fails
+                row.append(f"failed {type(exc).__name__}")
+            finally:
+                T.DGRAD_LAUNCH = saved
+        print(f"| {n} -> {k} | " + " | ".join(row) + " |")
+
+
 def train(steps: int) -> None:
     import contextlib
     import gc
@@ -71,16 +107,18 @@ def train(steps: int) -> None:
     import sys
     from pathlib import Path
 
-    from terarec.kernels import triton_grad, triton_interaction
+    from terarec.kernels import triton_grad, triton_interaction, triton_mlp
+    from terarec.layers import mlp
 
-    modules = {"interaction": triton_interaction, "grad": triton_grad}
+    modules = {"interaction": triton_interaction, "grad": triton_grad, "mlp": mlp,
+               "mlpk": triton_mlp}
     script = str(Path(__file__).with_name("train_throughput.py"))
     # Module constants per run ("module.NAME": value); the first run of a process pays one-time
     # costs, so the defaults run first and last.
-    combos: list[dict] = [{}, {"interaction.BWD_LAUNCH": (4, 16, 2)},
-                          {"interaction.BWD_LAUNCH": (2, 16, 2)},
-                          {"interaction.FWD_LAUNCH": (1, 4, 0, 1)},
-                          {"grad.CHUNK_STAGES": 2}, {"grad.CHUNKS_PER_PROGRAM": 4}, {}]
+    combos: list[dict] = [{}, {"mlp.FUSED_DGRAD": False},
+                          {"interaction.BWD_LAUNCH": (4, 0, 1)}]
+    combos += [{"mlpk.DGRAD_LAUNCH": launch} for launch in DGRAD_VARIANTS]
+    combos += [{}]
     for combo in combos:
         saved = {}
         for key, value in combo.items():
@@ -107,13 +145,13 @@ def train(steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", nargs="*", default=["interaction", "train"])
+    ap.add_argument("--parts", nargs="*", default=["interaction", "dgrad", "train"])
     ap.add_argument("--batch", type=int, default=65536)
     ap.add_argument("--steps", type=int, default=30, help="steps of each train run")
     args = ap.parse_args()
     print(torch.cuda.get_device_name())
     for part in args.parts:
-        {"interaction": lambda: interaction(args.batch),
+        {"interaction": lambda: interaction(args.batch), "dgrad": lambda: dgrad(args.batch),
          "train": lambda: train(args.steps)}[part]()
 
 

@@ -290,7 +290,10 @@ class ShardedTableBase(nn.Module):
     def load_optimizer_state(self, state: state_format.State) -> None:
         if self.shard is None:
             return
-        any_keys = next(v[0] for n, v in state.items() if n != STEP_KEY)
+        any_keys = next((v[0] for n, v in state.items() if n != STEP_KEY), None)
+        if any_keys is None:  # no per-row states (SGD): only the step counter
+            self.shard.load_optimizer_state(state)
+            return
         slots = None
         if self._loaded is not None and self._loaded[1] is not None \
                 and np.array_equal(self._loaded[0], any_keys):

@@ -75,6 +75,18 @@ def check_relu_bias(grad: torch.Tensor, y: torch.Tensor) -> None:
                          f"{tuple(y.shape)} {y.dtype} {y.device}")
 
 
+def check_dgrad(grad: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> None:
+    """``grad`` [M, N], ``weight`` [K, N], ``y`` [M, K]: one dtype, one device."""
+    ok = grad.dim() == 2 and weight.dim() == 2 and y.dim() == 2 \
+        and weight.shape[1] == grad.shape[1] and y.shape == (grad.shape[0], weight.shape[0]) \
+        and grad.dtype == weight.dtype == y.dtype and grad.device == weight.device == y.device
+    if not ok:
+        raise ValueError("linear_relu_dgrad: expected grad [M, N], weight [K, N] and y [M, K] of "
+                         f"one dtype and device. Received: {tuple(grad.shape)} {grad.dtype} "
+                         f"{grad.device}, {tuple(weight.shape)} {weight.dtype} "
+                         f"{weight.device}, {tuple(y.shape)} {y.dtype} {y.device}")
+
+
 def check_update(weight: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
     """``weight`` [R, D] contiguous, ``rows`` int64 [U], ``grad`` [U, D]."""
     if weight.dim() != 2 or not weight.is_contiguous():

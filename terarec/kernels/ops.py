@@ -114,6 +114,13 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return implementation("relu_bias_backward", grad)(grad, y)
 
 
+def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``relu_bias_backward(grad @ weight.T, y)`` with the mask and column sums in the GEMM's
+    epilogue on the Triton path (see reference.linear_relu_dgrad)."""
+    return implementation("linear_relu_dgrad", grad)(grad, weight, y)
+
+
 def cross_forward(x0: torch.Tensor, u: torch.Tensor, b: torch.Tensor,
                   x: torch.Tensor) -> torch.Tensor:
     """DCN cross update ``x0 * (u + b) + x`` in one pass (see reference.cross_forward)."""

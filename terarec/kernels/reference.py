@@ -285,6 +285,16 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return g, g.sum(0, dtype=torch.float32).to(grad.dtype)
 
 
+def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient reaching the ReLU layer below a linear layer: ``relu_bias_backward(grad @
+    weight.T, y)`` with ``grad`` [M, N] (the upper layer's pre-activation gradient),
+    ``weight`` [K, N] (its (in, out) weight) and ``y`` [M, K] (the lower layer's ReLU output,
+    the upper layer's input)."""
+    C.check_dgrad(grad, weight, y)
+    return relu_bias_backward(grad.mm(weight.t()), y)
+
+
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """DLRM dot interaction: ``[dense, strict lower triangle of X X^T (row-major), 0]``.
 

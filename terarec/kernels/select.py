@@ -45,6 +45,7 @@ TRITON_IMPLS: dict[str, tuple[str, str]] = {
     "interaction_forward": ("terarec.kernels.triton_interaction", "interaction_forward"),
     "interaction_backward": ("terarec.kernels.triton_interaction", "interaction_backward"),
     "relu_bias_backward": ("terarec.kernels.triton_mlp", "relu_bias_backward"),
+    "linear_relu_dgrad": ("terarec.kernels.triton_mlp", "linear_relu_dgrad"),
     "mark_rows": ("terarec.kernels.triton_lookup", "mark_rows"),
     "cross_forward": ("terarec.kernels.triton_cross", "cross_forward"),
     "cross_backward": ("terarec.kernels.triton_cross", "cross_backward"),

@@ -31,8 +31,10 @@ from terarec.kernels import _common as C
 # 0.32 ms in the step, where the 3-D block versions took 0.37 (2 samples, 2 warps), 0.42
 # (the walk) and 1.17 ms (one sample, 4 warps).
 FWD_LAUNCH = (1, 1, 16, 2)
-# (warps, programs per SM, stages) of the bf16 backward (0 programs: one per sample).
-BWD_LAUNCH = (4, 0, 1)
+# (warps, programs per SM, stages) of the bf16 backward (0 programs: one per sample). The 2-D
+# kernel walked by 16 programs per SM with 2 stages: 4.13 -> 4.09 ms per DLRM step on an H200
+# (session 5, step_parts.py --parts train).
+BWD_LAUNCH = (4, 16, 2)
 
 
 @triton.jit

@@ -7,6 +7,11 @@ float32 partial column sum; the partials (``[cdiv(B, ROWS), N]``) are summed by 
 fixed order, so the result is deterministic. Replaces threshold_backward (read 2, write 1)
 plus a separate read of ``g`` for the bias gradient.
 
+``linear_relu_dgrad(grad, weight, y)``: the same for the layer below, taken from the GEMM that
+makes its gradient: ``relu_bias_backward(grad @ weight.T, y)`` with the ReLU mask and the
+partial column sums in the GEMM's epilogue, so ``grad @ weight.T`` is never written and read
+back (the unfused chain moves four [B, K] tensors per layer, this one two: ``y`` and ``g``).
+
 Imported only through :mod:`terarec.kernels.select` (needs Triton).
 """
 
@@ -55,5 +60,101 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
             grad, y, out, part, b, n, ROWS=_ROWS, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
             num_warps=4)
     else:
+        part.zero_()
+    return out, part.sum(0).to(grad.dtype)
+
+
+# (BLOCK_M, BLOCK_K output columns, BLOCK_N inner, warps, stages, GROUP_M) of the 16-bit GEMM;
+# float32 runs IEEE products on smaller tiles (see _dgrad_launch).
+DGRAD_LAUNCH = (128, 128, 64, 8, 4, 8)
+
+
+@triton.jit
+def _dgrad_step(acc, a_ptrs, b_ptrs, mmask, kmask, rn, n0, N, EVEN_M: tl.constexpr,
+                EVEN_N: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr):
+    if EVEN_M and EVEN_N:
+        a = tl.load(a_ptrs)
+    else:
+        a = tl.load(a_ptrs, mask=mmask[:, None] & (rn[None, :] + n0 < N), other=0.0)
+    if EVEN_N:
+        b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
+    else:
+        b = tl.load(b_ptrs, mask=kmask[None, :] & (rn[:, None] + n0 < N), other=0.0)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    if INTERP:  # the interpreter's 16-bit dot is wrong: exact float32 products instead
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _dgrad_relu_kernel(g_ptr, w_ptr, y_ptr, out_ptr, part_ptr, M, N, K,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                       GROUP_M: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+                       IEEE: tl.constexpr, INTERP: tl.constexpr):
+    """One [BLOCK_M, BLOCK_K] tile of ``out = (g @ w.T) * (y > 0)``, g [M, N], w [K, N],
+    y / out [M, K]; its column sums (of the rounded values) go to ``part[pid_m]``."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_k = tl.cdiv(K, BLOCK_K)
+    per_group = GROUP_M * n_k  # program order walks GROUP_M row tiles per column tile (L2)
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_k = (pid % per_group) // size_m
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N)
+    mmask = rm < M
+    kmask = rk < K
+    a_ptrs = g_ptr + rm[:, None] * N + rn[None, :]
+    b_ptrs = w_ptr + rk[None, :].to(tl.int64) * N + rn[:, None]  # w.T tile [BLOCK_N, BLOCK_K]
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    if INTERP:  # the interpreter rejects range(tensor)
+        n0 = 0
+        while n0 < N:
+            acc = _dgrad_step(acc, a_ptrs + n0, b_ptrs + n0, mmask, kmask, rn, n0, N,
+                              EVEN_M=EVEN_M, EVEN_N=EVEN_N, IEEE=IEEE, INTERP=INTERP)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(0, N, BLOCK_N):
+            acc = _dgrad_step(acc, a_ptrs + n0, b_ptrs + n0, mmask, kmask, rn, n0, N,
+                              EVEN_M=EVEN_M, EVEN_N=EVEN_N, IEEE=IEEE, INTERP=INTERP)
+    mask = mmask[:, None] & kmask[None, :]
+    offs = rm[:, None] * K + rk[None, :]
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0)
+    out = tl.where(y > 0, acc, 0.0).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, out, mask=mask)
+    tl.store(part_ptr + pid_m * K + rk, tl.sum(out.to(tl.float32), axis=0), mask=kmask)
+
+
+def _dgrad_launch(dtype: torch.dtype, n: int) -> tuple[int, int, int, int, int, int]:
+    if dtype == torch.float32:
+        return (32, 32, 16, 4, 1, 8) if C.interpreting() else (64, 64, 32, 4, 2, 8)
+    bm, bk, bn, warps, stages, group = DGRAD_LAUNCH
+    if C.interpreting():  # small tiles: the interpreter runs every lane in numpy
+        bm, bk, bn = 32, 32, 16
+    return bm, bk, min(bn, max(16, triton.next_power_of_2(n))), warps, stages, group
+
+
+def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of :func:`terarec.kernels.reference.linear_relu_dgrad`."""
+    C.check_dgrad(grad, weight, y)
+    m, n = grad.shape
+    k = weight.shape[0]
+    grad, weight, y = grad.contiguous(), weight.contiguous(), y.contiguous()
+    out = C.new_empty((m, k), grad.dtype, grad.device)
+    bm, bk, bn, warps, stages, group = _dgrad_launch(grad.dtype, n)
+    n_m = triton.cdiv(max(m, 1), bm)
+    part = torch.empty((n_m, k), dtype=torch.float32, device=grad.device)
+    if m and k and n:
+        _dgrad_relu_kernel[(n_m * triton.cdiv(k, bk),)](
+            grad, weight, y, out, part, m, n, k, BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn,
+            GROUP_M=group, EVEN_M=m % bm == 0, EVEN_N=n % bn == 0,
+            IEEE=grad.dtype == torch.float32, INTERP=C.interpreting(), num_warps=warps,
+            num_stages=stages)
+    else:
+        out.zero_()
         part.zero_()
     return out, part.sum(0).to(grad.dtype)

@@ -105,22 +105,20 @@ class MLP(Layer):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        params: list[torch.Tensor] = []
         bi = 0
         with torch.autocast("cuda", enabled=False):
             x = x.to(dt)
             for i, w in enumerate(self.weights):
-                relu = self.acts[i] == "Relu"
                 w = w.to(dt)
                 if i == 0:
                     x, w = _aligned_k(x, w)
+                params.append(w)
                 if self.use_biases[i]:
-                    b = self.biases[bi].to(dt).view(-1)
+                    params.append(self.biases[bi].to(dt).view(-1))
                     bi += 1
-                    x = _LinearRelu.apply(x, w, b) if relu else torch.addmm(b, x, w)
-                else:
-                    x = torch.matmul(x, w)
-                    x = torch.relu(x) if relu else x
-        return x
+            spec = tuple((a == "Relu", b) for a, b in zip(self.acts, self.use_biases))
+            return _LinearChain.apply(x, spec, *params)
 
     def dense_weights(self) -> list[torch.Tensor]:
         return list(self._order)
@@ -178,25 +176,78 @@ def _fused_ok(x: torch.Tensor) -> bool:
     return backend_for(x) == "triton"
 
 
-class _LinearRelu(torch.autograd.Function):
-    """relu(x @ w + b) as one cuBLAS call with a bias+ReLU epilogue; backward by hand."""
+# The ReLU backward of a layer inside the chain runs in the epilogue of the GEMM above it
+# (kernels.linear_relu_dgrad) for 16-bit types; False: cuBLAS GEMM, then relu_bias_backward.
+FUSED_DGRAD = True
+
+
+class _LinearChain(torch.autograd.Function):
+    """The layers of one MLP as one autograd node: each layer is one cuBLAS call with its bias
+    (and ReLU) in the epilogue; the backward walks the layers top-down by hand, so the ReLU
+    mask and bias gradient of a layer come from the GEMM that makes its gradient.
+
+    ``spec``: (relu, has_bias) per layer; ``params``: w_0, [b_0], w_1, [b_1], ... with
+    w_i (in, out) and b_i (out,), all in ``x``'s dtype.
+    """
 
     @staticmethod
-    def forward(ctx, x, w, b):  # noqa: ANN001, ANN205
-        y = torch._addmm_activation(b, x, w)
-        ctx.save_for_backward(x, w, y)
-        return y
+    def forward(ctx, x, spec, *params):  # noqa: ANN001, ANN205
+        outs = []
+        h, p = x, 0
+        for relu, has_bias in spec:
+            w = params[p]
+            if has_bias:
+                b = params[p + 1]
+                h = torch._addmm_activation(b, h, w) if relu else torch.addmm(b, h, w)
+            else:
+                h = h.mm(w)
+                h = torch.relu(h) if relu else h
+            p += 2 if has_bias else 1
+            outs.append(h)
+        ctx.spec = spec
+        ctx.save_for_backward(x, *params, *outs)
+        return h
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, w, y = ctx.saved_tensors
-        if ctx.needs_input_grad[2]:
-            from terarec.kernels import relu_bias_backward
+        spec = ctx.spec
+        saved = ctx.saved_tensors
+        x, n_params = saved[0], len(ctx.needs_input_grad) - 2
+        params, outs = saved[1:1 + n_params], saved[1 + n_params:]
+        where = []  # index of w_i in params
+        p = 0
+        for _, has_bias in spec:
+            where.append(p)
+            p += 2 if has_bias else 1
+        grads: list[torch.Tensor | None] = [None] * n_params
+        g, db = _activation_grad(grad.contiguous(), outs[-1], *spec[-1])
+        for i in reversed(range(len(spec))):
+            w = params[where[i]]
+            if spec[i][1]:
+                grads[where[i] + 1] = db
+            if ctx.needs_input_grad[2 + where[i]]:
+                grads[where[i]] = (x if i == 0 else outs[i - 1]).t().mm(g)
+            if i == 0:
+                dx = g.mm(w.t()) if ctx.needs_input_grad[0] else None
+                return (dx, None, *grads)
+            relu, has_bias = spec[i - 1]
+            if FUSED_DGRAD and relu and has_bias and g.element_size() == 2 \
+                    and g.shape[1] >= 16 and _fused_ok(g):
+                from terarec.kernels import linear_relu_dgrad
 
-            # One pass: grad where y > 0 and its column sums (Triton on this path).
-            g, db = relu_bias_backward(grad.contiguous(), y)
-        else:
-            g, db = torch.ops.aten.threshold_backward(grad, y, 0), None
-        dx = g.mm(w.t()) if ctx.needs_input_grad[0] else None
-        dw = x.t().mm(g) if ctx.needs_input_grad[1] else None
-        return dx, dw, db
+                g, db = linear_relu_dgrad(g, w, outs[i - 1])
+            else:
+                g, db = _activation_grad(g.mm(w.t()), outs[i - 1], relu, has_bias)
+        raise AssertionError("unreachable: the loop returns at layer 0")
+
+
+def _activation_grad(grad: torch.Tensor, y: torch.Tensor, relu: bool,
+                     has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pre-activation gradient, bias gradient or None) of a layer with output ``y``."""
+    if relu and has_bias:
+        from terarec.kernels import relu_bias_backward
+
+        return relu_bias_backward(grad, y)  # one pass: mask and column sums
+    if relu:
+        return torch.ops.aten.threshold_backward(grad, y, 0), None
+    return grad, grad.sum(0, dtype=torch.float32).to(grad.dtype) if has_bias else None

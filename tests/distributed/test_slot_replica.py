@@ -155,9 +155,8 @@ def _rank(rank: int, world: int, folder: str, opts: tuple[str, ...] = OPTS,
                 comm.barrier()
                 coll2 = _collection(cfg, world, 5)
                 table2 = coll2.tables["t"]
-                # SGD has no state: base.load_optimizer_state cannot take a state file
-                # without state columns (StopIteration), so its optimizer file is skipped
-                load_shards({"t": table2}, path, optimizer=opt != "SGD")
+                # SGD's optimizer file holds only the step counter: loaded as well
+                load_shards({"t": table2}, path, optimizer=True)
                 res[mode]["losses"] += train(table2, lin, opt, 1, DataParallel(), rank, world)
                 res[mode]["final"] = snapshot(table2, cfg, True)
         out[opt] = res

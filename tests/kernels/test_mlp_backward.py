@@ -24,3 +24,26 @@ def test_relu_bias_backward(dev: torch.device, b: int, n: int, dtype: torch.dtyp
 def test_relu_bias_backward_rejects_mismatched_shapes(dev: torch.device) -> None:
     with pytest.raises(ValueError, match="relu_bias_backward"):
         K.relu_bias_backward(torch.zeros(4, 3, device=dev), torch.zeros(4, 2, device=dev))
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 5), (64, 32, 64), (100, 40, 70), (257, 128, 96)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_relu_dgrad(dev: torch.device, m: int, n: int, k: int,
+                           dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(m + n + k)
+    grad = torch.randn(m, n, generator=gen).to(dtype)
+    weight = torch.randn(k, n, generator=gen).to(dtype)
+    y = torch.relu(torch.randn(m, k, generator=gen)).to(dtype)
+    g, db = K.linear_relu_dgrad(grad.to(dev), weight.to(dev), y.to(dev))
+    ref_g = (grad.double() @ weight.double().t()) * (y.double() > 0)
+    assert g.shape == (m, k) and g.dtype == dtype and db.dtype == dtype and db.shape == (k,)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert rel_err(g.cpu(), ref_g) < tol
+    assert bool((g.cpu()[y <= 0] == 0).all())  # the mask is exact
+    assert rel_err(db.cpu(), g.cpu().double().sum(0)) < tol
+
+
+def test_linear_relu_dgrad_rejects_mismatched_shapes(dev: torch.device) -> None:
+    with pytest.raises(ValueError, match="linear_relu_dgrad"):
+        K.linear_relu_dgrad(torch.zeros(4, 3, device=dev), torch.zeros(5, 2, device=dev),
+                            torch.zeros(4, 5, device=dev))

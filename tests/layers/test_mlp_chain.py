@@ -1,0 +1,114 @@
+"""The MLP's fused chain (one autograd node, hand-written backward, the ReLU backward of a layer
+in the epilogue of the GEMM above it) vs the plain matmul + bias + relu chain: outputs and
+every gradient.
+
+CPU: the chain with the torch twins (``use_triton(False)``) and, for 16-bit, with Triton's
+interpreter (``TRITON_INTERPRET=1``, set here before any kernel module is imported,
+``use_triton(True)``: ``linear_relu_dgrad`` runs). GPU (marked ``gpu``): the path the layer
+picks on CUDA (bf16 autocast) vs the oracle (``use_triton(False)``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from terarec.kernels import triton_available, use_triton  # noqa: E402
+from terarec.layers import build_layer, mlp  # noqa: E402
+
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+SPECS = {
+    "dlrm-top": ([48, 32, 16, 1], ["Relu", "Relu", "Relu", "Non"], [True] * 4),
+    "no-bias-mid": ([32, 24, 16], ["Relu", "Relu", "Relu"], [True, False, True]),
+    "linear-mid": ([32, 24, 16], ["Relu", "Non", "Relu"], [True, True, False]),
+}
+
+
+def _params(widths: list[int], acts: list[str], biases: list[bool], k: int,
+            dtype: torch.dtype) -> tuple[list[torch.Tensor], tuple[tuple[bool, bool], ...]]:
+    gen = torch.Generator().manual_seed(sum(widths))
+    params = []
+    for w, has_bias in zip(widths, biases):
+        params.append((torch.randn(k, w, generator=gen) / k**0.5).to(dtype))
+        if has_bias:
+            params.append((torch.randn(w, generator=gen) * 0.1).to(dtype))
+        k = w
+    return params, tuple((a == "Relu", b) for a, b in zip(acts, biases))
+
+
+def _plain(x: torch.Tensor, spec, params):  # noqa: ANN001, ANN202
+    p = 0
+    for relu, has_bias in spec:
+        x = x.mm(params[p])
+        if has_bias:
+            x = x + params[p + 1]
+        x = torch.relu(x) if relu else x
+        p += 2 if has_bias else 1
+    return x
+
+
+def _grads(fn, x: torch.Tensor, params, gy: torch.Tensor):  # noqa: ANN001, ANN202
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, *params)]
+    y = fn(leaves[0], leaves[1:])
+    (y.float() * gy).sum().backward()
+    return y.detach(), [t.grad for t in leaves]
+
+
+def _check(dtype: torch.dtype, device: str, triton: bool) -> None:
+    for name, (widths, acts, biases) in SPECS.items():
+        params, spec = _params(widths, acts, biases, 40, dtype)
+        params = [p.to(device) for p in params]
+        gen = torch.Generator().manual_seed(7)
+        x = torch.randn(67, 40, generator=gen).to(dtype).to(device)
+        gy = torch.randn(67, widths[-1], generator=gen).to(device)
+        with use_triton(triton):
+            y, got = _grads(lambda a, ps: mlp._LinearChain.apply(a, spec, *ps), x, params, gy)
+        y_ref, ref = _grads(lambda a, ps: _plain(a.double(), spec, [q.double() for q in ps]),
+                            x, params, gy)
+        tol = 1e-6 if dtype == torch.float32 else 3e-2
+        assert (y.double() - y_ref).norm() <= tol * y_ref.norm(), name
+        for i, (g, r) in enumerate(zip(got, ref)):
+            assert g is not None and g.dtype == dtype and g.shape == r.shape, (name, i)
+            err = float((g.double() - r.double()).norm() / r.double().norm().clamp_min(1e-30))
+            assert err <= tol, (name, i, err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chain_matches_plain_chain_torch_twins(dtype: torch.dtype) -> None:
+    _check(dtype, "cpu", False)
+
+
+@pytest.mark.skipif(HAS_CUDA or not INTERP or not triton_available(),
+                    reason="Triton interpreter variant: CPU machine with triton importable")
+def test_chain_matches_plain_chain_fused_dgrad_interpreter() -> None:
+    _check(torch.bfloat16, "cpu", True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fused", [True, False])
+def test_mlp_layer_cuda_bf16_matches_oracle(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mlp, "FUSED_DGRAD", fused)
+    params = {"num_outputs": [1024, 512, 256, 1], "activations": ["Relu"] * 3 + ["Non"],
+              "biases": [True] * 4}
+    layer = build_layer("MLP", params, [(8, 480)], name="m",
+                        generator=torch.Generator().manual_seed(1)).cuda()
+    x = torch.randn(4096, 480, device="cuda")
+    gy = torch.randn(4096, 1, device="cuda")
+    outs = []
+    for triton in (True, False):
+        layer.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_(True)
+        with use_triton(triton), torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(xx)
+        (y.float() * gy).sum().backward()
+        outs.append([y.float(), xx.grad] + [p.grad for p in layer.parameters()])
+    for got, ref in zip(*outs):
+        err = float((got.double() - ref.double()).norm() / ref.double().norm())
+        assert err < 2e-2
