@@ -66,9 +66,9 @@ def interaction(b: int) -> None:
 
 
 # (BLOCK_M, BLOCK_K, BLOCK_N, warps, stages, GROUP_M) of kernels.linear_relu_dgrad
-DGRAD_VARIANTS = [(128, 256, 64, 8, 3, 8), (128, 128, 64, 4, 4, 8), (128, 64, 64, 4, 4, 8),
-                  (64, 128, 64, 4, 4, 8), (128, 128, 32, 4, 5, 8), (256, 128, 64, 8, 3, 8),
-                  (128, 128, 64, 8, 3, 8), (128, 128, 128, 8, 3, 8)]
+DGRAD_VARIANTS = [(128, 128, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8), (128, 256, 64, 8, 3, 8),
+                  (128, 128, 64, 8, 4, 8), (128, 128, 64, 4, 3, 8), (64, 128, 64, 4, 4, 8),
+                  (256, 128, 64, 8, 4, 8), (128, 128, 128, 8, 2, 8)]
 
 
 def dgrad(b: int) -> None:
@@ -76,6 +76,14 @@ def dgrad(b: int) -> None:
     ``relu_bias_backward`` for the DLRM MLP shapes, per launch shape (isolated)."""
     from terarec.kernels import triton_mlp as T
 
+    for tma, persistent in ((True, 0), (True, 1), (True, 2), (False, 0)):
+        T.DGRAD_TMA, T.DGRAD_PERSISTENT = tma, persistent
+        print(f"TMA: {tma}, programs per SM (0: one per tile): {persistent}")
+        _dgrad_table(b, T)
+    T.DGRAD_TMA, T.DGRAD_PERSISTENT = True, 0
+
+
+def _dgrad_table(b: int, T) -> None:  # noqa: ANN001, N803 - the kernel module
     print("| inner N -> out K | cuBLAS + relu_bias_bwd ms | " +
           " | ".join(str(v) for v in DGRAD_VARIANTS) + " |")
     for n, k in ((1024, 1024), (512, 1024), (256, 512), (128, 256)):
@@ -117,7 +125,10 @@ def train(steps: int) -> None:
     # costs, so the defaults run first and last.
     combos: list[dict] = [{}, {"mlp.FUSED_DGRAD": False},
                           {"interaction.BWD_LAUNCH": (4, 0, 1)}]
-    combos += [{"mlpk.DGRAD_LAUNCH": launch} for launch in DGRAD_VARIANTS]
+    combos += [{"mlpk.DGRAD_LAUNCH": launch} for launch in DGRAD_VARIANTS[1:4]]
+    combos += [{"mlpk.DGRAD_PERSISTENT": 1}, {"mlpk.DGRAD_PERSISTENT": 2},
+               {"mlpk.DGRAD_PERSISTENT": 1, "mlpk.DGRAD_LAUNCH": (128, 256, 64, 8, 3, 8)},
+               {"mlpk.DGRAD_TMA": False}]
     combos += [{}]
     for combo in combos:
         saved = {}

@@ -139,6 +139,14 @@ def new_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) ->
     return out
 
 
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (2 elsewhere: the interpreter then walks
+    several blocks per program too)."""
+    if device.type != "cuda":
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def interpreting() -> bool:
     """True under Triton's CPU interpreter (which rejects ``range(tensor)``; the GPU compiler
     fails on some ``while`` loops, so the kernels take a constexpr to pick the loop form)."""

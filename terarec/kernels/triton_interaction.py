@@ -187,10 +187,7 @@ def _grid(b: int, spp: int, device: torch.device,
     blocks = triton.cdiv(b, spp)
     if per_sm <= 0:
         return (blocks,), 1
-    # (2 "SMs" off CUDA: the interpreter then walks several blocks per program too)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count \
-        if device.type == "cuda" else 2
-    return (min(blocks, sms * per_sm),), stages
+    return (min(blocks, C.sm_count(device) * per_sm),), stages
 
 
 def interaction_forward(dense: torch.Tensor, emb: torch.Tensor, *, spp: int | None = None,

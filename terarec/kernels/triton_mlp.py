@@ -64,9 +64,38 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     return out, part.sum(0).to(grad.dtype)
 
 
-# (BLOCK_M, BLOCK_K output columns, BLOCK_N inner, warps, stages, GROUP_M) of the 16-bit GEMM;
-# float32 runs IEEE products on smaller tiles (see _dgrad_launch).
-DGRAD_LAUNCH = (128, 128, 64, 8, 4, 8)
+# (BLOCK_M, BLOCK_K output columns, BLOCK_N inner, warps, stages, GROUP_M) of the 16-bit GEMM
+# by the inner size N: the first entry whose minimum N is reached. H200, B = 65,536, TMA
+# (NOTES_train.md, session 5; cuBLAS + relu_bias_backward in brackets): N 1024 -> K 1024
+# 0.283 ms (0.307), 512 -> 1024 0.182 (0.228), 256 -> 512 0.099 (0.103); 128 -> 256 0.085
+# (0.066: below 256 the MLP keeps cuBLAS). Float32 runs IEEE products on smaller tiles.
+DGRAD_LAUNCHES = ((512, (128, 128, 64, 4, 3, 8)), (0, (128, 128, 64, 8, 3, 8)))
+DGRAD_LAUNCH: tuple[int, int, int, int, int, int] | None = None  # overrides (benchmarks)
+# Tiles moved by TMA (tensor descriptors; Hopper and newer, 16-byte aligned rows).
+DGRAD_TMA = True
+# TMA kernel walked by this many programs per SM (0: one program per tile).
+DGRAD_PERSISTENT = 0
+
+
+@triton.jit
+def _tile(pid, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of tile ``pid``: GROUP_M row tiles per column tile (L2 reuse)."""
+    n_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP_M * tl.cdiv(K, BLOCK_K)
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def _relu_epilogue(acc, y_ptr, out_ptr, part_ptr, pid_m, rm, rk, M, K):
+    """Store ``acc * (y > 0)`` (rounded) and its column sums (of the rounded values)."""
+    mask = (rm < M)[:, None] & (rk < K)[None, :]
+    offs = rm[:, None] * K + rk[None, :]
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0)
+    out = tl.where(y > 0, acc, 0.0).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, out, mask=mask)
+    tl.store(part_ptr + pid_m * K + rk, tl.sum(out.to(tl.float32), axis=0), mask=rk < K)
 
 
 @triton.jit
@@ -94,14 +123,7 @@ def _dgrad_relu_kernel(g_ptr, w_ptr, y_ptr, out_ptr, part_ptr, M, N, K,
                        IEEE: tl.constexpr, INTERP: tl.constexpr):
     """One [BLOCK_M, BLOCK_K] tile of ``out = (g @ w.T) * (y > 0)``, g [M, N], w [K, N],
     y / out [M, K]; its column sums (of the rounded values) go to ``part[pid_m]``."""
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n_k = tl.cdiv(K, BLOCK_K)
-    per_group = GROUP_M * n_k  # program order walks GROUP_M row tiles per column tile (L2)
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_k = (pid % per_group) // size_m
+    pid_m, pid_k = _tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
     rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -120,21 +142,65 @@ def _dgrad_relu_kernel(g_ptr, w_ptr, y_ptr, out_ptr, part_ptr, M, N, K,
         for n0 in range(0, N, BLOCK_N):
             acc = _dgrad_step(acc, a_ptrs + n0, b_ptrs + n0, mmask, kmask, rn, n0, N,
                               EVEN_M=EVEN_M, EVEN_N=EVEN_N, IEEE=IEEE, INTERP=INTERP)
-    mask = mmask[:, None] & kmask[None, :]
-    offs = rm[:, None] * K + rk[None, :]
-    y = tl.load(y_ptr + offs, mask=mask, other=0.0)
-    out = tl.where(y > 0, acc, 0.0).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + offs, out, mask=mask)
-    tl.store(part_ptr + pid_m * K + rk, tl.sum(out.to(tl.float32), axis=0), mask=kmask)
+    _relu_epilogue(acc, y_ptr, out_ptr, part_ptr, pid_m, rm, rk, M, K)
+
+
+@triton.jit
+def _tma_tile(g_desc, w_desc, y_desc, out_desc, part_ptr, pid_m, pid_k, N, K,
+              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    off_m = pid_m * BLOCK_M
+    off_k = pid_k * BLOCK_K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        a = g_desc.load([off_m, n0])
+        b = w_desc.load([off_k, n0])
+        acc = tl.dot(a, b.T, acc)
+    y = y_desc.load([off_m, off_k])  # rows past M read as zeros: no mask, no sum
+    out = tl.where(y > 0, acc, 0.0).to(out_desc.dtype)
+    out_desc.store([off_m, off_k], out)
+    rk = off_k + tl.arange(0, BLOCK_K)
+    tl.store(part_ptr + pid_m * K + rk, tl.sum(out.to(tl.float32), axis=0), mask=rk < K)
+
+
+@triton.jit
+def _dgrad_relu_tma_kernel(g_desc, w_desc, y_desc, out_desc, part_ptr, M, N, K,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                           BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """As _dgrad_relu_kernel with every tile moved by TMA (out-of-range loads: zeros)."""
+    pid_m, pid_k = _tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
+    _tma_tile(g_desc, w_desc, y_desc, out_desc, part_ptr, pid_m, pid_k, N, K,
+              BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+
+
+@triton.jit
+def _dgrad_relu_persistent_kernel(g_desc, w_desc, y_desc, out_desc, part_ptr, M, N, K,
+                                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                                  BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+                                  PROGRAMS: tl.constexpr):
+    """The TMA kernel walked by PROGRAMS programs, tile after tile."""
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(K, BLOCK_K)
+    for t in tl.range(tl.program_id(0), tiles, PROGRAMS):
+        pid_m, pid_k = _tile(t, M, K, BLOCK_M, BLOCK_K, GROUP_M)
+        _tma_tile(g_desc, w_desc, y_desc, out_desc, part_ptr, pid_m, pid_k, N, K,
+                  BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
 
 
 def _dgrad_launch(dtype: torch.dtype, n: int) -> tuple[int, int, int, int, int, int]:
     if dtype == torch.float32:
         return (32, 32, 16, 4, 1, 8) if C.interpreting() else (64, 64, 32, 4, 2, 8)
-    bm, bk, bn, warps, stages, group = DGRAD_LAUNCH
+    bm, bk, bn, warps, stages, group = DGRAD_LAUNCH or next(
+        launch for least, launch in DGRAD_LAUNCHES if n >= least)
     if C.interpreting():  # small tiles: the interpreter runs every lane in numpy
         bm, bk, bn = 32, 32, 16
     return bm, bk, min(bn, max(16, triton.next_power_of_2(n))), warps, stages, group
+
+
+def _tma_ok(grad: torch.Tensor, weight: torch.Tensor) -> bool:
+    """TMA descriptors apply: a 16-bit type, Hopper or newer, rows of 16-byte multiples."""
+    return (DGRAD_TMA and not C.interpreting() and grad.is_cuda and grad.element_size() == 2
+            and torch.cuda.get_device_capability(grad.device)[0] >= 9
+            and grad.shape[1] % 8 == 0 and weight.shape[0] % 8 == 0
+            and grad.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
 def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
@@ -148,13 +214,29 @@ def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
     bm, bk, bn, warps, stages, group = _dgrad_launch(grad.dtype, n)
     n_m = triton.cdiv(max(m, 1), bm)
     part = torch.empty((n_m, k), dtype=torch.float32, device=grad.device)
-    if m and k and n:
-        _dgrad_relu_kernel[(n_m * triton.cdiv(k, bk),)](
+    grid = (n_m * triton.cdiv(k, bk),)
+    if not (m and k and n):
+        out.zero_()
+        part.zero_()
+    elif _tma_ok(grad, weight):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        descs = (TensorDescriptor.from_tensor(grad, [bm, bn]),
+                 TensorDescriptor.from_tensor(weight, [bk, bn]),
+                 TensorDescriptor.from_tensor(y, [bm, bk]),
+                 TensorDescriptor.from_tensor(out, [bm, bk]))
+        common = dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn, GROUP_M=group, num_warps=warps,
+                      num_stages=stages)
+        if DGRAD_PERSISTENT:
+            programs = min(grid[0], DGRAD_PERSISTENT * C.sm_count(grad.device))
+            _dgrad_relu_persistent_kernel[(programs,)](*descs, part, m, n, k,
+                                                       PROGRAMS=programs, **common)
+        else:
+            _dgrad_relu_tma_kernel[grid](*descs, part, m, n, k, **common)
+    else:
+        _dgrad_relu_kernel[grid](
             grad, weight, y, out, part, m, n, k, BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn,
             GROUP_M=group, EVEN_M=m % bm == 0, EVEN_N=n % bn == 0,
             IEEE=grad.dtype == torch.float32, INTERP=C.interpreting(), num_warps=warps,
             num_stages=stages)
-    else:
-        out.zero_()
-        part.zero_()
     return out, part.sum(0).to(grad.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_helpers import K, rel_err
+from kernel_helpers import HAS_TRITON, K, rel_err
 
 
 @pytest.mark.parametrize(("b", "n"), [(1, 5), (700, 130), (1030, 64)])
@@ -47,3 +47,22 @@ def test_linear_relu_dgrad_rejects_mismatched_shapes(dev: torch.device) -> None:
     with pytest.raises(ValueError, match="linear_relu_dgrad"):
         K.linear_relu_dgrad(torch.zeros(4, 3, device=dev), torch.zeros(5, 2, device=dev),
                             torch.zeros(4, 5, device=dev))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not HAS_TRITON, reason="needs CUDA + Triton")
+@pytest.mark.parametrize(("tma", "persistent"), [(True, 0), (True, 1), (False, 0)])
+def test_linear_relu_dgrad_launch_variants(tma: bool, persistent: int,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from terarec.kernels import triton_mlp
+
+    monkeypatch.setattr(triton_mlp, "DGRAD_TMA", tma)
+    monkeypatch.setattr(triton_mlp, "DGRAD_PERSISTENT", persistent)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    grad = torch.randn(1000, 256, device="cuda", generator=gen).bfloat16()  # 1000: a ragged tile
+    weight = torch.randn(384, 256, device="cuda", generator=gen).bfloat16()
+    y = torch.relu(torch.randn(1000, 384, device="cuda", generator=gen)).bfloat16()
+    g, db = triton_mlp.linear_relu_dgrad(grad, weight, y)
+    ref_g = (grad.double() @ weight.double().t()) * (y.double() > 0)
+    assert rel_err(g, ref_g) < 1e-2
+    assert rel_err(db, g.double().sum(0)) < 1e-2

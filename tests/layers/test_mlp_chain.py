@@ -68,8 +68,9 @@ def _check(dtype: torch.dtype, device: str, triton: bool) -> None:
         x = torch.randn(67, 40, generator=gen).to(dtype).to(device)
         gy = torch.randn(67, widths[-1], generator=gen).to(device)
         with use_triton(triton):
-            y, got = _grads(lambda a, ps: mlp._LinearChain.apply(a, spec, *ps), x, params, gy)
-        y_ref, ref = _grads(lambda a, ps: _plain(a.double(), spec, [q.double() for q in ps]),
+            y, got = _grads(lambda a, ps, s=spec: mlp._LinearChain.apply(a, s, *ps), x, params,
+                            gy)
+        y_ref, ref = _grads(lambda a, ps, s=spec: _plain(a.double(), s, [q.double() for q in ps]),
                             x, params, gy)
         tol = 1e-6 if dtype == torch.float32 else 3e-2
         assert (y.double() - y_ref).norm() <= tol * y_ref.norm(), name
@@ -84,6 +85,12 @@ def test_chain_matches_plain_chain_torch_twins(dtype: torch.dtype) -> None:
     _check(dtype, "cpu", False)
 
 
+@pytest.fixture(autouse=True)
+def _small_fused_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused dgrad for the small test widths too."""
+    monkeypatch.setattr(mlp, "FUSED_DGRAD_MIN_WIDTH", 16)
+
+
 @pytest.mark.skipif(HAS_CUDA or not INTERP or not triton_available(),
                     reason="Triton interpreter variant: CPU machine with triton importable")
 def test_chain_matches_plain_chain_fused_dgrad_interpreter() -> None:
@@ -93,7 +100,10 @@ def test_chain_matches_plain_chain_fused_dgrad_interpreter() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fused", [True, False])
-def test_mlp_layer_cuda_bf16_matches_oracle(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlp_layer_cuda_bf16_as_close_as_the_oracle(fused: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 autocast: the chain (``FUSED_DGRAD`` on / off) is as close to float32 as the
+    plain chain (the oracle) is, for the output and every gradient."""
     monkeypatch.setattr(mlp, "FUSED_DGRAD", fused)
     params = {"num_outputs": [1024, 512, 256, 1], "activations": ["Relu"] * 3 + ["Non"],
               "biases": [True] * 4}
@@ -101,14 +111,18 @@ def test_mlp_layer_cuda_bf16_matches_oracle(fused: bool, monkeypatch: pytest.Mon
                         generator=torch.Generator().manual_seed(1)).cuda()
     x = torch.randn(4096, 480, device="cuda")
     gy = torch.randn(4096, 1, device="cuda")
-    outs = []
-    for triton in (True, False):
+    runs = []
+    for triton, dtype in ((True, torch.bfloat16), (False, torch.bfloat16),
+                          (False, torch.float32)):
         layer.zero_grad(set_to_none=True)
         xx = x.clone().requires_grad_(True)
-        with use_triton(triton), torch.autocast("cuda", dtype=torch.bfloat16):
+        with use_triton(triton), torch.autocast("cuda", dtype=dtype,
+                                                enabled=dtype != torch.float32):
             y = layer(xx)
         (y.float() * gy).sum().backward()
-        outs.append([y.float(), xx.grad] + [p.grad for p in layer.parameters()])
-    for got, ref in zip(*outs):
-        err = float((got.double() - ref.double()).norm() / ref.double().norm())
-        assert err < 2e-2
+        runs.append([y.float(), xx.grad] + [p.grad for p in layer.parameters()])
+    for i, (got, oracle, ref) in enumerate(zip(*runs)):
+        ref = ref.double()
+        err = float((got.double() - ref).norm() / ref.norm())
+        err_oracle = float((oracle.double() - ref).norm() / ref.norm())
+        assert err <= 1.5 * err_oracle + 2e-3, (i, err, err_oracle)
