@@ -240,22 +240,22 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         qpos = torch.repeat_interleave(torch.arange(n_q, device=dev), C.lengths_of(offsets),
                                        output_size=nnz)
     tables, slots, rpt = 1, 1, n_q
+    # Rows of a weight with < 2**31 rows sort as int32: half the radix passes of int64.
+    narrow = weight is not None and weight.shape[0] < 2**31
     if multi is not None:
         table_offsets, slots = multi
         tables = table_offsets.numel()
         rpt = n_q // tables
-        t_of_q = torch.arange(n_q, device=dev) // rpt
-        base = table_offsets.to(dev)[t_of_q]
-        rows = rows + (base[qpos] if qpos is not None else base.repeat_interleave(hot))
+        rows = _global_rows(rows, table_offsets.to(dev), qpos, hot, rpt, narrow)
+    elif narrow:
+        rows = rows.to(torch.int32)
     scaled = not (isinstance(mean, bool) and not mean)
     qscale = None
     if scaled:
         flags = C.mean_flags(mean, tables, dev).repeat_interleave(rpt).bool()
         inv = 1.0 / C.lengths_of(offsets).clamp(min=1).to(torch.float32)
         qscale = torch.where(flags, inv, 1.0)
-    # Rows of a weight with < 2**31 rows sort as int32: half the radix passes of int64.
-    narrow = weight is not None and weight.shape[0] < 2**31
-    sorted_rows, perm = torch.sort(rows.to(torch.int32) if narrow else rows, stable=True)
+    sorted_rows, perm = torch.sort(rows, stable=True)
     if nnz == 0 or dim == 0:
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         out = C.new_empty((0, dim), torch.float32, dev) if code == 0 else None
@@ -297,6 +297,33 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     return plan, out
 
 
+@triton.jit
+def _global_rows_kernel(rows_ptr, toff_ptr, qpos_ptr, out_ptr, n, rows_per_table,
+                        HOT: tl.constexpr, BLOCK: tl.constexpr):
+    """``out[p] = rows[p] + table_offsets[table of lookup p]`` in out's dtype."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = p < n
+    if HOT > 0:
+        q = p // HOT
+    else:
+        q = tl.load(qpos_ptr + p, mask=m, other=0)
+    base = tl.load(toff_ptr + q // rows_per_table, mask=m, other=0)
+    row = tl.load(rows_ptr + p, mask=m, other=0) + base
+    tl.store(out_ptr + p, row.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def _global_rows(rows: torch.Tensor, table_offsets: torch.Tensor, qpos: torch.Tensor | None,
+                 hot: int, rows_per_table: int, narrow: bool) -> torch.Tensor:
+    """Table rows made global (one launch; was arange, divide, gather, repeat, add, cast)."""
+    out = torch.empty(rows.numel(), dtype=torch.int32 if narrow else torch.int64,
+                      device=rows.device)
+    if rows.numel():
+        _global_rows_kernel[(triton.cdiv(rows.numel(), _PLAN_BLOCK),)](
+            rows, table_offsets.to(torch.int64), qpos if qpos is not None else rows, out,
+            rows.numel(), rows_per_table, HOT=hot if qpos is None else 0, BLOCK=_PLAN_BLOCK)
+    return out
+
+
 _ONES: dict[torch.device, torch.Tensor] = {}
 
 
@@ -334,47 +361,98 @@ class _Plan:
         return self.uniq[: int(self.n_u.item())]
 
 
-_STARTS_BLOCK = 1024
+_PLAN_BLOCK = 1024
+
+
+@triton.jit
+def _is_start_kernel(sorted_ptr, is_start_ptr, n, BLOCK: tl.constexpr):
+    """1 where a sorted position starts a segment of equal rows (position 0 always)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    cur = tl.load(sorted_ptr + i, mask=m, other=0)
+    prev = tl.load(sorted_ptr + i - 1, mask=m & (i > 0), other=0)
+    tl.store(is_start_ptr + i, ((i == 0) | (cur != prev)).to(tl.int32), mask=m)
 
 
 @triton.jit
 def _starts_kernel(is_start_ptr, seg_ptr, starts_ptr, n, BLOCK: tl.constexpr):
+    """``starts[seg - 1] = i`` at every segment start i (``seg``: inclusive count of starts)."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     first = tl.load(is_start_ptr + i, mask=m, other=0) != 0
-    seg = tl.load(seg_ptr + i, mask=m & first, other=0)
+    seg = tl.load(seg_ptr + i, mask=m & first, other=1) - 1
     tl.store(starts_ptr + seg, i, mask=m & first)
+
+
+@triton.jit
+def _segments_kernel(starts_ptr, sorted_ptr, counts_ptr, uniq_ptr, key_ptr, nch_ptr, hot_ptr,
+                     n, CAP_: tl.constexpr, BLOCK: tl.constexpr):
+    """Per segment u (all of [0, n): ``starts[u] = n`` past the last one, count 0): its
+    count, row, sort key (0 hot, CAP + 1 - count otherwise: uint8), chunk count and hot flag."""
+    u = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = u < n
+    st = tl.load(starts_ptr + u, mask=m, other=0)
+    cnt = tl.load(starts_ptr + u + 1, mask=m, other=0) - st
+    row = tl.load(sorted_ptr + tl.minimum(st, n - 1), mask=m, other=0)
+    hot = cnt > CAP_
+    tl.store(counts_ptr + u, cnt, mask=m)
+    tl.store(uniq_ptr + u, row.to(tl.int64), mask=m)
+    tl.store(key_ptr + u, tl.where(hot, 0, CAP_ + 1 - cnt).to(tl.uint8), mask=m)
+    tl.store(nch_ptr + u, tl.where(hot, (cnt + CAP_ - 1) // CAP_, 0), mask=m)
+    tl.store(hot_ptr + u, hot.to(tl.int64), mask=m)
+
+
+@triton.jit
+def _order_kernel(order_ptr, starts_ptr, uniq_ptr, nch_ptr, chunk_end_ptr, slot_ptr,
+                  ostart_ptr, oslot_ptr, ouniq_ptr, n, BLOCK: tl.constexpr):
+    """Entry k of the count order (segment o = order[k]): its start, first partial slot
+    (hot rows; -1 otherwise) and row; ``slot[o]`` too (order is a permutation)."""
+    k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = k < n
+    o = tl.load(order_ptr + k, mask=m, other=0)
+    nch = tl.load(nch_ptr + o, mask=m, other=0)
+    slot = tl.where(nch > 0, tl.load(chunk_end_ptr + o, mask=m, other=0) - nch, -1)
+    tl.store(ostart_ptr + k, tl.load(starts_ptr + o, mask=m, other=0), mask=m)
+    tl.store(ouniq_ptr + k, tl.load(uniq_ptr + o, mask=m, other=0), mask=m)
+    tl.store(oslot_ptr + k, slot, mask=m)
+    tl.store(slot_ptr + o, slot, mask=m)
 
 
 def _plan(sorted_rows: torch.Tensor) -> _Plan:
     nnz = sorted_rows.numel()
     dev = sorted_rows.device
     i64 = torch.int64
-    is_start = torch.ones(nnz, dtype=torch.bool, device=dev)
-    is_start[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    seg = torch.cumsum(is_start, 0) - 1
-    n_u = seg[-1:] + 1
+    grid = (triton.cdiv(nnz, _PLAN_BLOCK),)
+    is_start = torch.empty(nnz, dtype=torch.int32, device=dev)
+    _is_start_kernel[grid](sorted_rows, is_start, nnz, BLOCK=_PLAN_BLOCK)
+    seg = torch.cumsum(is_start, 0)  # segment of position i, counted from 1
+    n_u = seg[-1:]
     # starts_full[k] = first sorted position of segment k; nnz for k >= n_u (one masked store
     # per segment start: a scatter_ of every position, non-starts to one trash slot, made all
     # of those hit one address).
     starts_full = torch.full((nnz + 1,), nnz, dtype=i64, device=dev)
-    _starts_kernel[(triton.cdiv(nnz, _STARTS_BLOCK),)](is_start.view(torch.uint8), seg,
-                                                        starts_full, nnz, BLOCK=_STARTS_BLOCK)
+    _starts_kernel[grid](is_start, seg, starts_full, nnz, BLOCK=_PLAN_BLOCK)
     starts = starts_full[:nnz]
-    counts = starts_full[1:nnz + 1] - starts
-    uniq = sorted_rows[starts.clamp(max=nnz - 1)].to(i64)
-    hot = counts > CAP
+    counts = torch.empty(nnz, dtype=i64, device=dev)
+    uniq = torch.empty(nnz, dtype=i64, device=dev)
+    key = torch.empty(nnz, dtype=torch.uint8, device=dev)
+    nch = torch.empty(nnz, dtype=i64, device=dev)
+    hot = torch.empty(nnz, dtype=i64, device=dev)
+    _segments_kernel[grid](starts_full, sorted_rows, counts, uniq, key, nch, hot, nnz, CAP_=CAP,
+                           BLOCK=_PLAN_BLOCK)
     # Unique rows grouped by lookup count, longest first (hot rows, then CAP, ..., 1 lookups),
-    # entries past n_u (count 0) last: one uint8 key (0 hot, CAP + 1 - count otherwise), one
-    # radix pass. Any order gives the same per-row sums; this one keeps _seg_kernel's lock-step
-    # blocks free of idle lanes. The kernel reads the counts from the sorted key and the starts
-    # and table rows gathered in this order.
-    key = torch.where(hot, 0, CAP + 1 - counts).to(torch.uint8)
+    # entries past n_u (count 0) last: one uint8 key, one radix pass. Any order gives the same
+    # per-row sums; this one keeps _seg_kernel's lock-step blocks free of idle lanes. The
+    # kernel reads the counts from the sorted key and the starts and table rows gathered in
+    # this order.
     okey, order = torch.sort(key, stable=True)
-    nch = torch.where(hot, (counts + CAP - 1) // CAP, 0)
     chunk_end = torch.cumsum(nch, 0)
-    slot = torch.where(hot, chunk_end - nch, -1)
-    ostart, oslot, ouniq = starts[order], slot[order], uniq[order]
+    slot = torch.empty(nnz, dtype=i64, device=dev)
+    ostart = torch.empty(nnz, dtype=i64, device=dev)
+    oslot = torch.empty(nnz, dtype=i64, device=dev)
+    ouniq = torch.empty(nnz, dtype=i64, device=dev)
+    _order_kernel[grid](order, starts, uniq, nch, chunk_end, slot, ostart, oslot, ouniq, nnz,
+                        BLOCK=_PLAN_BLOCK)
     # Hot rows have > CAP lookups: at most nnz // (CAP + 1) of them and
     # sum(ceil(count / CAP)) <= nnz // CAP + #hot partial slots.
     max_hot = nnz // (CAP + 1) + 1

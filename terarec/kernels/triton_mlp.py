@@ -29,6 +29,44 @@ _BLOCK_N = 128
 
 
 @triton.jit
+def _colsum_rows(acc, part_ptr, r0, R, K, k, BLOCK_R: tl.constexpr):
+    r = r0 + tl.arange(0, BLOCK_R)
+    return acc + tl.sum(tl.load(part_ptr + r[:, None] * K + k[None, :],
+                                mask=(r < R)[:, None] & (k < K)[None, :], other=0.0), axis=0)
+
+
+@triton.jit
+def _colsum_kernel(part_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                   INTERP: tl.constexpr):
+    """``out[k] = sum_r part[r, k]`` (float32, rows in one fixed tree order), in out's dtype."""
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    if INTERP:  # the interpreter rejects range(tensor)
+        r0 = 0
+        while r0 < R:
+            acc = _colsum_rows(acc, part_ptr, r0, R, K, k, BLOCK_R=BLOCK_R)
+            r0 += BLOCK_R
+    else:
+        for r0 in range(0, R, BLOCK_R):
+            acc = _colsum_rows(acc, part_ptr, r0, R, K, k, BLOCK_R=BLOCK_R)
+    tl.store(out_ptr + k, acc.to(out_ptr.dtype.element_ty), mask=k < K)
+
+
+def _column_sums(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Column sums of the float32 partials ``[R, K]`` in ``dtype``: one launch of programs
+    that each hold a whole column block (a torch ``sum(0)`` plus cast took two kernels and
+    12.6 us for [512, 1024] on an H200)."""
+    r, k = part.shape
+    out = torch.empty(k, dtype=dtype, device=part.device)
+    block_r = min(triton.next_power_of_2(max(r, 1)), 64 if C.interpreting() else 1024)
+    block_k = max(1, min(triton.next_power_of_2(max(k, 1)), 8192 // block_r))
+    _colsum_kernel[(triton.cdiv(k, block_k),)](part, out, r, k, BLOCK_R=block_r,
+                                              BLOCK_K=block_k, INTERP=C.interpreting(),
+                                              num_warps=4)
+    return out
+
+
+@triton.jit
 def _relu_bias_bwd_kernel(g_ptr, y_ptr, out_ptr, part_ptr, B, N, ROWS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -61,7 +99,7 @@ def relu_bias_backward(grad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
             num_warps=4)
     else:
         part.zero_()
-    return out, part.sum(0).to(grad.dtype)
+    return out, _column_sums(part, grad.dtype)
 
 
 # (BLOCK_M, BLOCK_K output columns, BLOCK_N inner, warps, stages, GROUP_M) of the 16-bit GEMM
@@ -239,4 +277,4 @@ def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
             GROUP_M=group, EVEN_M=m % bm == 0, EVEN_N=n % bn == 0,
             IEEE=grad.dtype == torch.float32, INTERP=C.interpreting(), num_warps=warps,
             num_stages=stages)
-    return out, part.sum(0).to(grad.dtype)
+    return out, _column_sums(part, grad.dtype)
