@@ -124,12 +124,10 @@ def train(steps: int) -> None:
     # Module constants per run ("module.NAME": value); the first run of a process pays one-time
     # costs, so the defaults run first and last.
     combos: list[dict] = [{}, {"mlp.FUSED_DGRAD": False},
-                          {"interaction.BWD_LAUNCH": (4, 0, 1)}]
-    combos += [{"mlpk.DGRAD_LAUNCH": launch} for launch in DGRAD_VARIANTS[1:4]]
-    combos += [{"mlpk.DGRAD_PERSISTENT": 1}, {"mlpk.DGRAD_PERSISTENT": 2},
-               {"mlpk.DGRAD_PERSISTENT": 1, "mlpk.DGRAD_LAUNCH": (128, 256, 64, 8, 3, 8)},
-               {"mlpk.DGRAD_TMA": False}]
-    combos += [{}]
+                          {"interaction.BWD_LAUNCH": (4, 0, 1)},
+                          {"grad.COMBINE_BLOCK_C": 16}, {"grad.COMBINE_BLOCK_C": 128},
+                          {"grad.CHUNKS_PER_PROGRAM": 4}, {"grad.CHUNKS_PER_PROGRAM": 64},
+                          {"grad.CHUNK_STAGES": 2}, {"mlpk.DGRAD_PERSISTENT": 1}, {}]
     for combo in combos:
         saved = {}
         for key, value in combo.items():

@@ -44,6 +44,9 @@ from terarec.kernels.triton_optim import apply_rule, state_pointers, use_sr
 CAP = 32
 CHUNKS_PER_PROGRAM = 16
 CHUNK_STAGES = 1  # software-pipeline stages of _chunk_kernel's walk over its chunks
+# Partial slots summed per step of _combine_kernel's walk: a hot row of a 3-row Criteo slot
+# has ~680 partials at B = 65,536 (16 per step: 43 dependent steps, the kernel's tail).
+COMBINE_BLOCK_C = 64
 
 
 @triton.jit
@@ -292,8 +295,8 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         BLOCK_D=block_d, STAGES=CHUNK_STAGES, num_warps=4, **common)
     _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
         part, plan.hot_u, plan.slot, plan.nch, out if out is not None else part, w, s1, s2,
-        plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr, BLOCK_C=16,
-        BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4)
+        plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr,
+        BLOCK_C=COMBINE_BLOCK_C, BLOCK_D=block_d, INTERP=C.interpreting(), num_warps=4)
     return plan, out
 
 
@@ -385,10 +388,10 @@ def _starts_kernel(is_start_ptr, seg_ptr, starts_ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _segments_kernel(starts_ptr, sorted_ptr, counts_ptr, uniq_ptr, key_ptr, nch_ptr, hot_ptr,
-                     n, CAP_: tl.constexpr, BLOCK: tl.constexpr):
+def _segments_kernel(starts_ptr, sorted_ptr, counts_ptr, uniq_ptr, key_ptr, nch_ptr, n,
+                     CAP_: tl.constexpr, BLOCK: tl.constexpr):
     """Per segment u (all of [0, n): ``starts[u] = n`` past the last one, count 0): its
-    count, row, sort key (0 hot, CAP + 1 - count otherwise: uint8), chunk count and hot flag."""
+    count, row, sort key (0 hot, CAP + 1 - count otherwise: uint8) and chunk count."""
     u = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = u < n
     st = tl.load(starts_ptr + u, mask=m, other=0)
@@ -399,7 +402,6 @@ def _segments_kernel(starts_ptr, sorted_ptr, counts_ptr, uniq_ptr, key_ptr, nch_
     tl.store(uniq_ptr + u, row.to(tl.int64), mask=m)
     tl.store(key_ptr + u, tl.where(hot, 0, CAP_ + 1 - cnt).to(tl.uint8), mask=m)
     tl.store(nch_ptr + u, tl.where(hot, (cnt + CAP_ - 1) // CAP_, 0), mask=m)
-    tl.store(hot_ptr + u, hot.to(tl.int64), mask=m)
 
 
 @triton.jit
@@ -437,8 +439,7 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     uniq = torch.empty(nnz, dtype=i64, device=dev)
     key = torch.empty(nnz, dtype=torch.uint8, device=dev)
     nch = torch.empty(nnz, dtype=i64, device=dev)
-    hot = torch.empty(nnz, dtype=i64, device=dev)
-    _segments_kernel[grid](starts_full, sorted_rows, counts, uniq, key, nch, hot, nnz, CAP_=CAP,
+    _segments_kernel[grid](starts_full, sorted_rows, counts, uniq, key, nch, nnz, CAP_=CAP,
                            BLOCK=_PLAN_BLOCK)
     # Unique rows grouped by lookup count, longest first (hot rows, then CAP, ..., 1 lookups),
     # entries past n_u (count 0) last: one uint8 key, one radix pass. Any order gives the same
@@ -458,11 +459,8 @@ def _plan(sorted_rows: torch.Tensor) -> _Plan:
     max_hot = nnz // (CAP + 1) + 1
     max_part = nnz // CAP + max_hot + 1
     max_part += -max_part % CHUNKS_PER_PROGRAM
-    # The h-th hot row is the first position whose running hot count exceeds h (-1: none).
-    hot_count = torch.cumsum(hot, 0)
-    h = torch.arange(max_hot, dtype=hot_count.dtype, device=dev)
-    hot_u = torch.searchsorted(hot_count, h, right=True)
-    hot_u = torch.where(h < hot_count[-1:], hot_u, -1)
+    # Hot rows come first in the count order (key 0): the h-th is order[h] (-1: none).
+    hot_u = torch.where(okey[:max_hot] == 0, order[:max_hot], -1)
     # Extra chunks (k >= 1; chunk 0 of every hot row is summed by _seg_kernel).
     c = torch.arange(max_part, dtype=i64, device=dev)
     owner = torch.searchsorted(chunk_end, c, right=True).clamp(max=nnz - 1)
