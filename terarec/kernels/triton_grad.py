@@ -42,7 +42,7 @@ from terarec.kernels import _common as C
 from terarec.kernels.triton_optim import apply_rule, state_pointers, use_sr
 
 CAP = 32
-CHUNKS_PER_PROGRAM = 16
+CHUNKS_PER_PROGRAM = 4  # chunks walked per program (H200 DLRM step: 4 -> 3.76 ms, 16 3.78, 64 3.88)
 CHUNK_STAGES = 1  # software-pipeline stages of _chunk_kernel's walk over its chunks
 # Partial slots summed per step of _combine_kernel's walk: a hot row of a 3-row Criteo slot
 # has ~680 partials at B = 65,536 (16 per step: 43 dependent steps, the kernel's tail).
