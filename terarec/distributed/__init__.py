@@ -14,6 +14,9 @@
 * :mod:`~terarec.distributed.planner`: proposes / checks / prints / loads plans.
 * :mod:`~terarec.distributed.checkpoint`: per-rank shards, loadable on any number of ranks.
 * :mod:`~terarec.distributed.model_hooks`: what ``hugectr.Model`` calls when a job has ranks.
+* :mod:`~terarec.distributed.overlap`: the next batch's key exchange issued during the current
+  step (``TERAREC_OVERLAP_INPUT_DIST``, on by default; :func:`announce_next_batch` for batches
+  passed by hand).
 """
 
 from terarec.distributed.checkpoint import load_shards, save_shards
@@ -21,6 +24,7 @@ from terarec.distributed.collection import ShardedEmbeddingCollection, build_sha
 from terarec.distributed.data_parallel import DataParallel, local_range
 from terarec.distributed.env import DistEnv, init_from_env, init_process_group
 from terarec.distributed.launch import launch_if_needed
+from terarec.distributed.model_hooks import announce_next_batch
 from terarec.distributed.planner import (
     PlannerConfig,
     check_plan,
@@ -34,7 +38,7 @@ from terarec.distributed.types import STRATEGIES, LookupContext
 
 __all__ = [
     "STRATEGIES", "DataParallel", "DistEnv", "LookupContext", "PlannerConfig",
-    "ShardedEmbeddingCollection", "build_sharded_table", "check_plan", "describe_plan",
+    "ShardedEmbeddingCollection", "announce_next_batch", "build_sharded_table", "check_plan", "describe_plan",
     "hugectr_plan", "init_from_env", "init_process_group", "launch_if_needed", "load_plan",
     "load_shards", "local_range", "propose", "save_plan", "save_shards",
 ]

@@ -4,6 +4,11 @@ Owns the few communication patterns the sharded embeddings need: an all-to-all o
 counts, an all-to-all of rows with uneven splits, an all-gather of uneven tensors and a gather
 of uneven tensors to one rank (point to point, so rank 0 alone holds the result). Every helper
 works on gloo (CPU) and NCCL (CUDA) alike; the tensors must live on the process group's device.
+
+:func:`all_to_all_rows_async` issues the rows all-to-all without waiting (``async_op=True``:
+gloo runs it on its own threads, NCCL on its communication stream); its :class:`PendingRows`
+holds both buffers until :meth:`PendingRows.wait` (gloo: blocks until done; NCCL: the current
+stream waits for the collective, no host synchronisation).
 """
 
 from __future__ import annotations
@@ -38,6 +43,33 @@ def all_to_all_rows(send: torch.Tensor, send_counts: list[int], recv_counts: lis
     dist.all_to_all_single(out, send.contiguous(), output_split_sizes=list(recv_counts),
                            input_split_sizes=list(send_counts), group=group)
     return out
+
+
+class PendingRows:
+    """An :func:`all_to_all_rows` in flight; :meth:`wait` returns its received rows."""
+
+    def __init__(self, out: torch.Tensor, send: torch.Tensor, work: object | None) -> None:
+        self.out = out
+        self.send: torch.Tensor | None = send  # kept alive until the collective is done
+        self.work = work
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()  # type: ignore[attr-defined]
+            self.work = None
+        self.send = None
+        return self.out
+
+
+def all_to_all_rows_async(send: torch.Tensor, send_counts: list[int], recv_counts: list[int],
+                          group: Group = None) -> PendingRows:
+    """:func:`all_to_all_rows` issued without waiting (same messages, same result)."""
+    out = send.new_empty((int(sum(recv_counts)), *send.shape[1:]))
+    send = send.contiguous()
+    work = dist.all_to_all_single(out, send, output_split_sizes=list(recv_counts),
+                                  input_split_sizes=list(send_counts), group=group,
+                                  async_op=True)
+    return PendingRows(out, send, work)
 
 
 def all_gather_sizes(n: int, device: torch.device, group: Group = None) -> list[int]:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from terarec.distributed import comm
+from terarec.distributed import comm, overlap
 from terarec.distributed.replicated import ReplicatedContext, ReplicatedTable
-from terarec.distributed.routed import RoutedTable, first_positions, slots_of_keys
+from terarec.distributed.routed import RoutedTable, SendPlan, first_positions, slots_of_keys
 from terarec.distributed.types import LookupContext
 from terarec.embedding.table import key_gradients, pool, sum_per_row
 from terarec.sparse import SparseInput
@@ -89,6 +89,20 @@ class _Step:
     batch_sizes: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Prefetched:
+    """An ``input_dist`` issued ahead (:meth:`FusedLookup.prefetch`): the batch it belongs to,
+    the plans, the counts (as :meth:`FusedLookup._header` returns them) and the keys in
+    flight."""
+
+    key: dict[str, overlap.InputKey]
+    plans: list[SendPlan]
+    send_c: list[list[int]]
+    recv_c: list[list[int]]
+    rest: list[list[int]]
+    keys: comm.PendingRows | None
+
+
 class _FusedPool(torch.autograd.Function):
     """forward: vectors back + pooling of every table; backward: all gradients in one go."""
 
@@ -119,6 +133,7 @@ class FusedLookup:
         self.world = comm.world_size(group)
         self.device = (self.routed or self.repl)[0].device if (self.routed or self.repl) \
             else torch.device("cpu")
+        self._pending: _Prefetched | None = None
 
     @property
     def names(self) -> list[str]:
@@ -138,7 +153,35 @@ class FusedLookup:
         return dict(zip(self.names, outs))
 
     def input_dist(self, inputs: dict[str, SparseInput]) -> _Step:
-        plans = [t.plan_send(inputs[t.name]) for t in self.routed]
+        pre = self._take_pending(inputs)
+        if pre is not None:  # issued ahead for this very batch (see prefetch)
+            plans, send_c, recv_c, rest = pre.plans, pre.send_c, pre.recv_c, pre.rest
+            keys_back = pre.keys.wait() if pre.keys is not None else None
+            rctxs: list[ReplicatedContext] = []
+            repl_ids: list[torch.Tensor] = []
+            repl_inv: list[torch.Tensor] = []
+        else:
+            plans = [t.plan_send(inputs[t.name]) for t in self.routed]
+            rctxs, repl_ids, repl_inv = self._replicated_inputs(inputs)
+            send_c, recv_c, rest = self._header(plans, repl_ids, inputs)
+            keys_back = comm.all_to_all_rows(
+                _pack([p.send for p in plans], send_c).view(-1, 2), [sum(r) for r in send_c],
+                [sum(r) for r in recv_c], self.group) if plans else None
+        n = len(plans)
+        batch_sizes = [int(row[0]) for row in rest]
+        ctxs = []
+        if keys_back is not None:
+            recv = _unpack(keys_back.reshape(-1), recv_c, [2] * n)
+            for t, p in enumerate(plans):
+                ctxs.append(RoutedTable.context(p, [r[t] for r in send_c], [r[t] for r in recv_c],
+                                                recv[t], batch_sizes))
+        return _Step(self.routed, ctxs, send_c, recv_c, [], self.repl, rctxs, repl_ids, repl_inv,
+                     [row[1:] for row in rest], batch_sizes)
+
+    def _replicated_inputs(self, inputs: dict[str, SparseInput]) -> tuple[
+            list[ReplicatedContext], list[torch.Tensor], list[torch.Tensor]]:
+        """The replicated tables' local lookups (rows inserted here) and their distinct
+        (key, slot) ids."""
         rctxs, repl_ids, repl_inv = [], [], []
         for t in self.repl:
             ctx = ReplicatedContext(inputs[t.name].to(self.device))
@@ -152,6 +195,15 @@ class FusedLookup:
                                          slots_of_keys(sp)[first]], 1))
             repl_inv.append(inv)
             rctxs.append(ctx)
+        return rctxs, repl_ids, repl_inv
+
+    def _header(self, plans: list[SendPlan], repl_ids: list[torch.Tensor],
+                inputs: dict[str, SparseInput]) -> tuple[list[list[int]], list[list[int]],
+                                                         list[list[int]]]:
+        """The one all-to-all of request counts (and batch sizes, replicated key counts) and
+        its host read, the one synchronisation of the step: per peer, the counts this rank
+        sends, those it receives, and the rest of the received row (batch size, then the
+        replicated tables' distinct-key counts)."""
         batch = next(iter(inputs.values())).batch_size if inputs else 0
         w = self.world
         cols = [p.counts for p in plans]
@@ -162,20 +214,45 @@ class FusedLookup:
         got = comm.all_to_all_counts(header, self.group)
         both = torch.cat([header, got]).tolist()  # the one host sync of the step
         n = len(plans)
-        send_c = [row[:n] for row in both[:w]]
-        recv_c = [row[:n] for row in both[w:]]
-        batch_sizes = [int(row[n]) for row in both[w:]]
-        keys_back = comm.all_to_all_rows(_pack([p.send for p in plans], send_c).view(-1, 2),
-                                         [sum(r) for r in send_c], [sum(r) for r in recv_c],
-                                         self.group) if n else None
-        ctxs = []
-        if keys_back is not None:
-            recv = _unpack(keys_back.reshape(-1), recv_c, [2] * n)
-            for t, p in enumerate(plans):
-                ctxs.append(RoutedTable.context(p, [r[t] for r in send_c], [r[t] for r in recv_c],
-                                                recv[t], batch_sizes))
-        return _Step(self.routed, ctxs, send_c, recv_c, [], self.repl, rctxs, repl_ids, repl_inv,
-                     [row[n + 1:] for row in both[w:]], batch_sizes)
+        return ([row[:n] for row in both[:w]], [row[:n] for row in both[w:]],
+                [row[n:] for row in both[w:]])
+
+    # ------------------------------------------------------------------ overlap
+    @property
+    def can_prefetch(self) -> bool:
+        """Whether :meth:`prefetch` applies: routed tables only (a replicated table's
+        ``input_dist`` inserts rows, which must not run before the previous update)."""
+        return bool(self.routed) and not self.repl
+
+    def prefetch(self, inputs: dict[str, SparseInput]) -> None:
+        """Issue the ``input_dist`` of ``inputs`` (a later batch) ahead: the local plans, the
+        counts all-to-all and the keys all-to-all without waiting. The forward of exactly
+        these inputs uses it (see :mod:`~terarec.distributed.overlap`). Collective: every
+        rank calls it at the same point."""
+        self.drop_pending()
+        if not self.can_prefetch:
+            return
+        plans = [t.plan_send(inputs[t.name]) for t in self.routed]
+        send_c, recv_c, rest = self._header(plans, [], inputs)
+        keys = comm.all_to_all_rows_async(
+            _pack([p.send for p in plans], send_c).view(-1, 2), [sum(r) for r in send_c],
+            [sum(r) for r in recv_c], self.group)
+        key = {name: overlap.input_key(sp) for name, sp in inputs.items()}
+        self._pending = _Prefetched(key, plans, send_c, recv_c, rest, keys)
+
+    def _take_pending(self, inputs: dict[str, SparseInput]) -> _Prefetched | None:
+        pre = self._pending
+        if pre is None or set(pre.key) != set(inputs) or not all(
+                overlap.same_input(k, inputs[name]) for name, k in pre.key.items()):
+            return None  # another batch (eval, a batch passed by hand): synchronous path
+        self._pending = None
+        return pre
+
+    def drop_pending(self) -> None:
+        """Forget an exchange issued ahead and never used (waits for it first)."""
+        pre, self._pending = self._pending, None
+        if pre is not None and pre.keys is not None:
+            pre.keys.wait()
 
     def exchange_and_pool(self, step: _Step) -> list[torch.Tensor]:
         out = []

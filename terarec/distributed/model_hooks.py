@@ -18,6 +18,10 @@
 * wires the Engine's ``grad_sync`` (weighted all-reduce of dense gradients) and ``loss_sync``
   (global-mean loss), and its ``embed`` to the collection's ``forward`` so all tables of a
   step share one collective per phase (:mod:`~terarec.distributed.fused`);
+* overlaps the next batch's key exchange with the current batch's compute
+  (``TERAREC_OVERLAP_INPUT_DIST``, on by default; :mod:`~terarec.distributed.overlap`): the
+  train reader gets one batch of look-ahead, and a step on a batch from the reader issues the
+  next batch's ``input_dist`` right after its own embeddings' ``output_dist``;
 * saves: every rank writes its shard (``{prefix}_shards_{iter}/``) and rank 0 writes HugeCTR's
   files from the tables gathered to it, the same files a one-process run writes.
 
@@ -33,7 +37,7 @@ from typing import Any
 
 import torch
 
-from terarec.distributed import comm, env, planner
+from terarec.distributed import comm, env, overlap, planner
 from terarec.distributed.checkpoint import save_shards, shard_folder
 from terarec.distributed.collection import ShardedEmbeddingCollection
 from terarec.distributed.data_parallel import DataParallel
@@ -80,10 +84,16 @@ class DistributedModel:
         # Each rank's slice is cut on the reader's prefetch thread, before the copy to the
         # device, and tagged with every rank's batch size (fixed-size exchanges, no sync).
         model.train_reader.transform = self.dp.split
+        # One batch of look-ahead on the train reader: the next batch's keys travel during
+        # this step's dense compute (terarec.distributed.overlap).
+        self.lookahead = overlap.Lookahead(model.train_reader) if overlap.enabled() else None
+        self._ahead = False  # the running step's batch came from the reader: may look ahead
+        self._announced: Any = None  # the next step's batch, said by the script
 
     def begin_train_step(self, batch: Any) -> Any:
         """Called by ``Model.train`` with this rank's batch: sets the step's share of the
         global mean (see :meth:`DataParallel.begin_step`) and returns the tagged batch."""
+        self._ahead = self.lookahead is not None and batch is self.lookahead.last
         return self.dp.begin_step(batch)
 
     def begin_eval_step(self, batch: Any) -> Any:
@@ -130,10 +140,42 @@ class DistributedModel:
         engine.grad_sync = self.dp.grad_sync
         engine.loss_sync = self.dp.loss_sync
         coll = self.collection
-        if coll is not None and len(coll.configs) > 1 and \
-                list(engine.tables) == [c.name for c in coll.configs]:
+        if coll is None or list(engine.tables) != [c.name for c in coll.configs]:
+            return
+        if self.lookahead is not None and coll.can_prefetch:
+            engine.embed = functools.partial(self.embed_ahead, engine)
+        elif len(coll.configs) > 1:
             # the Engine looks tables up one by one; the collection does them all at once
             engine.embed = functools.partial(fused_embed, coll, engine.table_inputs)
+
+    def embed_ahead(self, engine: Any, batch: Any) -> dict[str, torch.Tensor]:
+        """``Engine.embed`` with the overlap on: :func:`fused_embed`, then (a training step on
+        a batch from the reader, eager, no capture) the next batch's key exchanges issued
+        ahead (:meth:`ShardedEmbeddingCollection.prefetch`)."""
+        coll = self.collection
+        assert coll is not None  # noqa: S101 - attach checked
+        out = fused_embed(coll, engine.table_inputs, batch)
+        if not torch.is_grad_enabled() or overlap.capturing():
+            return out
+        ahead, self._ahead = self._ahead, False
+        nxt, self._announced = self._announced, None
+        if overlap.whole_step_graph(engine):  # its replays never call embed
+            coll.drop_pending()
+            return out
+        if nxt is not None:  # tagged as begin_train_step will tag it (no state change)
+            sizes = getattr(nxt, "rank_batch_sizes", None) or \
+                (int(nxt.batch_size),) * self.env.world_size
+            nxt = nxt.with_rank_batch_sizes(sizes)
+        elif ahead and self.lookahead is not None:
+            nxt = self.lookahead.peek()  # None: the source ends here, on every rank alike
+        if nxt is not None:
+            coll.prefetch(nxt.to(engine.device, non_blocking=True).sparse)
+        return out
+
+    def announce_next_batch(self, batch: Any) -> None:
+        """See :func:`announce_next_batch`."""
+        if overlap.enabled():
+            self._announced = batch
 
     def save_params_to_files(self, prefix: str, it: int,
                              write: Callable[[str, int], None]) -> None:
@@ -151,6 +193,18 @@ class DistributedModel:
             for t in tables.values():
                 t.clear_prepared()
         comm.barrier()
+
+
+def announce_next_batch(model: Any, batch: Any) -> None:
+    """terarec extra: ``batch`` (this rank's part, as it will be passed) is what the next
+    ``model.train(batch)`` call trains on, so the current step issues its key exchanges ahead
+    (:mod:`~terarec.distributed.overlap`); for scripts that pass batches by hand (a reader's
+    batches are looked ahead by themselves). Every rank announces at the same steps; another
+    batch than announced just takes the synchronous path. A no-op in a single process or with
+    ``TERAREC_OVERLAP_INPUT_DIST=0``."""
+    dist_model = getattr(model, "_dist", None)
+    if dist_model is not None:
+        dist_model.announce_next_batch(batch)
 
 
 def fused_embed(coll: ShardedEmbeddingCollection, table_inputs: dict[str, str],

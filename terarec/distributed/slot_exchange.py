@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from terarec.distributed import comm
+from terarec.distributed import comm, overlap
 from terarec.distributed.slot_replica import SlotReplica, replicated_slots
 from terarec.embedding import fast_path
 from terarec.embedding.table import DIRECT_TYPES, sum_per_row
@@ -61,6 +61,7 @@ class _Step:
         self.rows = rows  # local rows of the received keys (owner)
         self.fast = fast
         self.rep_rows: torch.Tensor | None = None  # replica rows of the replicated slots
+        self.keys_ahead: comm.PendingRows | None = None  # the keys exchange, issued ahead
 
 
 class _Layout(NamedTuple):
@@ -130,6 +131,7 @@ class SlotExchange:
         self._layouts: dict[int, _Layout] = {}
         self._oob: torch.Tensor | None = None
         self._steps = 0
+        self._pending: tuple[overlap.InputKey, comm.PendingRows] | None = None
 
     # ------------------------------------------------------------------ eligibility
     @staticmethod
@@ -230,6 +232,7 @@ class SlotExchange:
         if sparse.offsets.is_cuda:  # one-hot contract on the device (flag, no sync)
             self._flag((sparse.offsets != self._arange(sparse.offsets.numel())).any())
         keys = sparse.keys.to(torch.int64)
+        step.keys_ahead = self._take_pending(sparse)
         if table.frozen or not torch.is_grad_enabled():
             out = self.forward_pass(step, keys)
         else:
@@ -237,6 +240,34 @@ class SlotExchange:
             out = _ExchangeFn.apply(anchor, self, step, keys)
         self.count_step()
         return out.view(b, self.slot_num, self.dim)
+
+    # ------------------------------------------------------------------ overlap
+    def prefetch(self, sparse: SparseInput) -> None:
+        """Issue the keys all-to-all of ``sparse`` (a later batch, for which :meth:`applies`
+        holds) without waiting; the forward of exactly this input uses it (see
+        :mod:`~terarec.distributed.overlap`). Collective: every rank calls it at the same
+        point."""
+        self.drop_pending()
+        key = overlap.input_key(sparse)
+        sparse = sparse.to(self.table.device)
+        b = sparse.batch_size
+        step = _Step(b, tuple(int(n) for n in sparse.rank_batch_sizes or ()),
+                     self._send_index(b, self.table.device), None, False)
+        send_c, recv_c = self._counts(step)
+        send = sparse.keys.to(torch.int64).index_select(0, step.index[:sum(send_c)])
+        self._pending = (key, comm.all_to_all_rows_async(send, send_c, recv_c, self.group))
+
+    def _take_pending(self, sparse: SparseInput) -> comm.PendingRows | None:
+        if self._pending is None or not overlap.same_input(self._pending[0], sparse):
+            return None  # another batch (eval, a batch passed by hand): synchronous path
+        pending, self._pending = self._pending[1], None
+        return pending
+
+    def drop_pending(self) -> None:
+        """Forget a keys exchange issued ahead and never used (waits for it first)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].wait()
 
     def count_step(self) -> None:
         """One more step (also for a CUDA-graph replay); every ``fast_path.CHECK_EVERY`` steps
@@ -256,8 +287,11 @@ class SlotExchange:
             self._flag(bad)
             step.rep_rows = rows
             rep_vec = self.replica.lookup(rows, self._wire_dtype())
-        recv_keys = comm.all_to_all_rows(keys.index_select(0, send_idx), send_c, recv_c,
-                                         self.group)
+        if step.keys_ahead is not None:  # issued with the previous step (prefetch)
+            recv_keys, step.keys_ahead = step.keys_ahead.wait(), None
+        else:
+            recv_keys = comm.all_to_all_rows(keys.index_select(0, send_idx), send_c, recv_c,
+                                             self.group)
         vectors = self._lookup(step, recv_keys)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
         if rep_vec is not None:
