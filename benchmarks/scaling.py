@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import terarec as hugectr  # noqa: E402
 from terarec.data.batch import Batch  # noqa: E402
+from terarec.distributed import announce_next_batch  # noqa: E402
 from terarec.distributed import env as denv  # noqa: E402
 from terarec.embedding.plan import ShardingPlan, TablePlacement  # noqa: E402
 from terarec.sparse import SparseInput  # noqa: E402
@@ -185,6 +186,8 @@ def run_terarec(a: argparse.Namespace, rank: int, world: int, device: torch.devi
                   f"placement: whole table on one device ({where} over 1 rank)", flush=True)
 
     def step(i: int) -> None:
+        # With TERAREC_OVERLAP_INPUT_DIST=1 the next batch's keys travel during this step.
+        announce_next_batch(model, batches[(i + 1) % len(batches)][0])
         model.train(batches[i % len(batches)][0])
 
     dt = _timed(step, a, device, world)

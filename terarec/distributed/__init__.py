@@ -15,7 +15,7 @@
 * :mod:`~terarec.distributed.checkpoint`: per-rank shards, loadable on any number of ranks.
 * :mod:`~terarec.distributed.model_hooks`: what ``hugectr.Model`` calls when a job has ranks.
 * :mod:`~terarec.distributed.overlap`: the next batch's key exchange issued during the current
-  step (``TERAREC_OVERLAP_INPUT_DIST``, on by default; :func:`announce_next_batch` for batches
+  step (``TERAREC_OVERLAP_INPUT_DIST=1``, opt-in; :func:`announce_next_batch` for batches
   passed by hand).
 """
 

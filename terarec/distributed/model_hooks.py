@@ -19,7 +19,7 @@
   (global-mean loss), and its ``embed`` to the collection's ``forward`` so all tables of a
   step share one collective per phase (:mod:`~terarec.distributed.fused`);
 * overlaps the next batch's key exchange with the current batch's compute
-  (``TERAREC_OVERLAP_INPUT_DIST``, on by default; :mod:`~terarec.distributed.overlap`): the
+  (``TERAREC_OVERLAP_INPUT_DIST=1``, opt-in; :mod:`~terarec.distributed.overlap`): the
   train reader gets one batch of look-ahead, and a step on a batch from the reader issues the
   next batch's ``input_dist`` right after its own embeddings' ``output_dist``;
 * saves: every rank writes its shard (``{prefix}_shards_{iter}/``) and rank 0 writes HugeCTR's
@@ -201,7 +201,7 @@ def announce_next_batch(model: Any, batch: Any) -> None:
     (:mod:`~terarec.distributed.overlap`); for scripts that pass batches by hand (a reader's
     batches are looked ahead by themselves). Every rank announces at the same steps; another
     batch than announced just takes the synchronous path. A no-op in a single process or with
-    ``TERAREC_OVERLAP_INPUT_DIST=0``."""
+    unless ``TERAREC_OVERLAP_INPUT_DIST=1``."""
     dist_model = getattr(model, "_dist", None)
     if dist_model is not None:
         dist_model.announce_next_batch(batch)

@@ -204,6 +204,7 @@ def model_announced(data: dict[str, Any], kind: str, events: list) -> dict[str, 
 
 
 def ranks(rank: int, world: int, data: dict[str, Any]) -> dict[str, Any]:
+    os.environ["TERAREC_OVERLAP_INPUT_DIST"] = "1"  # opt-in
     events: list = []
     _record(events)
     out: dict[str, Any] = {"collection": {}, "model": {}, "events": {}}
@@ -436,7 +437,9 @@ def test_whole_step_graph_turns_the_overlap_off(monkeypatch: pytest.MonkeyPatch)
     assert not overlap.whole_step_graph(SimpleNamespace(use_cuda_graph=True,
                                                         device=torch.device("cpu")))
     monkeypatch.delenv(overlap.ENV, raising=False)
-    assert overlap.enabled()  # the default
+    assert not overlap.enabled()  # the default: opt-in until measured on NCCL
+    monkeypatch.setenv(overlap.ENV, "1")
+    assert overlap.enabled()
     monkeypatch.setenv(overlap.ENV, "0")
     assert not overlap.enabled()
 
