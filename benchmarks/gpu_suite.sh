@@ -5,7 +5,8 @@
 #   train     training throughput: DLRM (peer + terarec, profile), DCNv2 and DCN
 #   inference predict samples/s of the inference session vs Model.predict
 #   data      reader rows/s with 16 workers
-#   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 (-> 4) GPUs
+#   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 (-> 4) GPUs, then the opt-in
+#             exchanges (TERAREC_OVERLAP_INPUT_DIST, TERAREC_REPLICATE_SLOT_ROWS) at 2 (4) GPUs
 #   dist1tb   (2 GPUs) the Criteo 1TB tables (104.5 GB) through hugectr.Model
 set -u
 OUT=${OUT:-/tmp/gpu_out}
@@ -50,6 +51,15 @@ if [[ $what == dist ]]; then
     timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py --steps 20 \
       --warmup 5 --results "$res" > "$OUT/scaling_$n.txt" 2>&1
     grep -E "terarec path|^\|" "$OUT/scaling_$n.txt" | tail -5
+  done
+  # Opt-in exchanges at the largest count: the next batch's keys ahead, small slots replicated.
+  n=$(( gpus >= 4 ? 4 : 2 ))
+  for v in TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768 \
+           "TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768"; do
+    echo "== $v ($n GPUs)"
+    env $v timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py \
+      --steps 20 --warmup 5 > "$OUT/scaling_${n}_${v// /_}.txt" 2>&1
+    grep -E "terarec path|^\|" "$OUT/scaling_${n}_${v// /_}.txt" | tail -3
   done
 fi
 if [[ $what == dist1tb ]]; then
