@@ -11,6 +11,7 @@ plus a separate read of ``g`` for the bias gradient.
 makes its gradient: ``relu_bias_backward(grad @ weight.T, y)`` with the ReLU mask and the
 partial column sums in the GEMM's epilogue, so ``grad @ weight.T`` is never written and read
 back (the unfused chain moves four [B, K] tensors per layer, this one two: ``y`` and ``g``).
+A tiny inner size (a logit layer's 1) runs as outer products (cuBLAS ran it as gemmk1).
 
 Imported only through :mod:`terarec.kernels.select` (needs Triton).
 """
@@ -223,6 +224,25 @@ def _dgrad_relu_persistent_kernel(g_desc, w_desc, y_desc, out_desc, part_ptr, M,
                   BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
 
 
+@triton.jit
+def _dgrad_relu_outer_kernel(g_ptr, w_ptr, y_ptr, out_ptr, part_ptr, M, N, K,
+                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, N_: tl.constexpr):
+    """_dgrad_relu_kernel for a tiny inner size (N_ <= OUTER_MAX, e.g. the logit layer's 1):
+    N_ float32 outer products instead of a dot, no GEMM tile padding."""
+    pid_m = tl.program_id(0)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for j in tl.static_range(N_):
+        g = tl.load(g_ptr + rm * N + j, mask=rm < M, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rk.to(tl.int64) * N + j, mask=rk < K, other=0.0).to(tl.float32)
+        acc += g[:, None] * w[None, :]
+    _relu_epilogue(acc, y_ptr, out_ptr, part_ptr, pid_m, rm, rk, M, K)
+
+
+OUTER_MAX = 8  # inner sizes up to this run as outer products (_dgrad_relu_outer_kernel)
+
+
 def _dgrad_launch(dtype: torch.dtype, n: int) -> tuple[int, int, int, int, int, int]:
     if dtype == torch.float32:
         return (32, 32, 16, 4, 1, 8) if C.interpreting() else (64, 64, 32, 4, 2, 8)
@@ -249,6 +269,13 @@ def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
     k = weight.shape[0]
     grad, weight, y = grad.contiguous(), weight.contiguous(), y.contiguous()
     out = C.new_empty((m, k), grad.dtype, grad.device)
+    if 0 < n <= OUTER_MAX and m and k:
+        bm, bk = (32, 32) if C.interpreting() else (64, min(256, triton.next_power_of_2(k)))
+        n_m = triton.cdiv(m, bm)
+        part = torch.empty((n_m, k), dtype=torch.float32, device=grad.device)
+        _dgrad_relu_outer_kernel[(n_m, triton.cdiv(k, bk))](
+            grad, weight, y, out, part, m, n, k, BLOCK_M=bm, BLOCK_K=bk, N_=n, num_warps=8)
+        return out, _column_sums(part, grad.dtype)
     bm, bk, bn, warps, stages, group = _dgrad_launch(grad.dtype, n)
     n_m = triton.cdiv(max(m, 1), bm)
     part = torch.empty((n_m, k), dtype=torch.float32, device=grad.device)

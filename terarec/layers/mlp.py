@@ -76,15 +76,18 @@ class MLP(Layer):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self._order: list[nn.Parameter] = []
+        self._is_bias: list[bool] = []
         k = shape[-1]
         for width, has_bias in zip(widths, biases):
             w = make_param(self, w_kind, "fc_weight", (k, width), k, width)
             self.weights.append(w)
             self._order.append(w)
+            self._is_bias.append(False)
             if has_bias:
                 b = make_param(self, b_kind, "fc_bias", (1, width), k, width)
                 self.biases.append(b)
                 self._order.append(b)
+                self._is_bias.append(True)
             k = width
 
     def output_shapes(self) -> list[Shape]:
@@ -105,18 +108,15 @@ class MLP(Layer):
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
-        params: list[torch.Tensor] = []
-        bi = 0
         with torch.autocast("cuda", enabled=False):
             x = x.to(dt)
-            for i, w in enumerate(self.weights):
-                w = w.to(dt)
-                if i == 0:
-                    x, w = _aligned_k(x, w)
-                params.append(w)
-                if self.use_biases[i]:
-                    params.append(self.biases[bi].to(dt).view(-1))
-                    bi += 1
+            order = list(self._order)  # w_0, [b_0], w_1, ... (HugeCTR's file order)
+            if CAST_IN_ONE and any(p.dtype != dt for p in order):
+                order = list(_CastAll.apply(dt, *order))
+            else:
+                order = [p.to(dt) for p in order]
+            params = [p.view(-1) if is_bias else p for p, is_bias in zip(order, self._is_bias)]
+            x, params[0] = _aligned_k(x, params[0])
             spec = tuple((a == "Relu", b) for a, b in zip(self.acts, self.use_biases))
             return _LinearChain.apply(x, spec, *params)
 
@@ -182,6 +182,39 @@ def _fused_ok(x: torch.Tensor) -> bool:
 # vs 0.085; 1024 -> 1024 0.307 vs 0.283). False: never.
 FUSED_DGRAD = True
 FUSED_DGRAD_MIN_WIDTH = 256
+# Upper layers at most this wide (a logit layer: width 1) fused as outer products (cuBLAS's
+# gemmk1 + the separate pass: ~50 us per DLRM step on an H200). 0: off. Not yet measured in
+# the step (session 5 ended without device time): step_parts.py tries it.
+FUSED_DGRAD_OUTER_MAX = 0
+
+
+# The layer's weights and biases cast to the autocast dtype by one multi-tensor copy (forward)
+# and their gradients back by another (backward) instead of one cast kernel per tensor each
+# way (16 + 16 small launches per DLRM step). Not yet measured in the step: off.
+CAST_IN_ONE = False
+
+
+class _CastAll(torch.autograd.Function):
+    """``[p.to(dtype) for p in params]`` as one ``_foreach_copy_`` each way."""
+
+    @staticmethod
+    def forward(ctx, dtype, *params):  # noqa: ANN001, ANN205
+        out = [torch.empty_like(p, dtype=dtype) for p in params]
+        torch._foreach_copy_(out, list(params))
+        ctx.dtypes = [p.dtype for p in params]
+        ctx.set_materialize_grads(False)  # unused outputs: None, no zero tensor to cast
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):  # noqa: ANN001, ANN205
+        todo = [i for i, g in enumerate(grads) if g is not None]
+        out: list[torch.Tensor | None] = [None] * len(grads)
+        dst = [torch.empty_like(grads[i], dtype=ctx.dtypes[i]) for i in todo]
+        if dst:
+            torch._foreach_copy_(dst, [grads[i] for i in todo])
+        for i, d in zip(todo, dst):
+            out[i] = d
+        return (None, *out)
 
 
 class _LinearChain(torch.autograd.Function):
@@ -234,8 +267,9 @@ class _LinearChain(torch.autograd.Function):
                 dx = g.mm(w.t()) if ctx.needs_input_grad[0] else None
                 return (dx, None, *grads)
             relu, has_bias = spec[i - 1]
-            if FUSED_DGRAD and relu and has_bias and g.element_size() == 2 \
-                    and g.shape[1] >= FUSED_DGRAD_MIN_WIDTH and _fused_ok(g):
+            width = g.shape[1]
+            if FUSED_DGRAD and relu and has_bias and g.element_size() == 2 and _fused_ok(g) \
+                    and (width >= FUSED_DGRAD_MIN_WIDTH or width <= FUSED_DGRAD_OUTER_MAX):
                 from terarec.kernels import linear_relu_dgrad
 
                 g, db = linear_relu_dgrad(g, w, outs[i - 1])

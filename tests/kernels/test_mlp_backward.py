@@ -26,7 +26,8 @@ def test_relu_bias_backward_rejects_mismatched_shapes(dev: torch.device) -> None
         K.relu_bias_backward(torch.zeros(4, 3, device=dev), torch.zeros(4, 2, device=dev))
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 5), (64, 32, 64), (100, 40, 70), (257, 128, 96)])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 5), (200, 1, 300), (70, 3, 40), (64, 32, 64),
+                                            (100, 40, 70), (257, 128, 96)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_relu_dgrad(dev: torch.device, m: int, n: int, k: int,
                            dtype: torch.dtype) -> None:

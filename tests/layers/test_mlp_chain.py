@@ -87,8 +87,10 @@ def test_chain_matches_plain_chain_torch_twins(dtype: torch.dtype) -> None:
 
 @pytest.fixture(autouse=True)
 def _small_fused_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused dgrad for the small test widths too."""
+    """The fused dgrad for the small test widths too, and the outer-product one for the
+    logit layer."""
     monkeypatch.setattr(mlp, "FUSED_DGRAD_MIN_WIDTH", 16)
+    monkeypatch.setattr(mlp, "FUSED_DGRAD_OUTER_MAX", 8)
 
 
 @pytest.mark.skipif(HAS_CUDA or not INTERP or not triton_available(),
@@ -100,11 +102,13 @@ def test_chain_matches_plain_chain_fused_dgrad_interpreter() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fused", [True, False])
-def test_mlp_layer_cuda_bf16_as_close_as_the_oracle(fused: bool,
+@pytest.mark.parametrize("cast_in_one", [True, False])
+def test_mlp_layer_cuda_bf16_as_close_as_the_oracle(fused: bool, cast_in_one: bool,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 autocast: the chain (``FUSED_DGRAD`` on / off) is as close to float32 as the
-    plain chain (the oracle) is, for the output and every gradient."""
+    """bf16 autocast: the chain (``FUSED_DGRAD`` and ``CAST_IN_ONE`` on / off) is as close to
+    float32 as the plain chain (the oracle) is, for the output and every gradient."""
     monkeypatch.setattr(mlp, "FUSED_DGRAD", fused)
+    monkeypatch.setattr(mlp, "CAST_IN_ONE", cast_in_one)
     params = {"num_outputs": [1024, 512, 256, 1], "activations": ["Relu"] * 3 + ["Non"],
               "biases": [True] * 4}
     layer = build_layer("MLP", params, [(8, 480)], name="m",
@@ -126,3 +130,26 @@ def test_mlp_layer_cuda_bf16_as_close_as_the_oracle(fused: bool,
         err = float((got.double() - ref).norm() / ref.norm())
         err_oracle = float((oracle.double() - ref).norm() / ref.norm())
         assert err <= 1.5 * err_oracle + 2e-3, (i, err, err_oracle)
+
+
+def test_cast_all_matches_per_tensor_casts() -> None:
+    """``_CastAll`` (one multi-tensor copy each way) == ``p.to(dtype)`` per tensor: values and
+    the float32 gradients that reach the parameters (None where a cast output is unused)."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(7, 5, generator=gen), torch.randn(1, 5, generator=gen),
+              torch.randn(5, 3, generator=gen)]
+    weights = [torch.randn(p.shape, generator=gen) for p in params]
+    runs = []
+    for fused in (True, False):
+        leaves = [p.clone().requires_grad_(True) for p in params]
+        cast = (list(mlp._CastAll.apply(torch.bfloat16, *leaves)) if fused
+                else [p.to(torch.bfloat16) for p in leaves])
+        assert all(c.dtype == torch.bfloat16 for c in cast)
+        (cast[0].float() * weights[0]).sum().backward(retain_graph=True)
+        (cast[2].float() * weights[2]).sum().backward()  # cast[1] unused
+        runs.append(([c.detach() for c in cast], [p.grad for p in leaves]))
+    (got_v, got_g), (ref_v, ref_g) = runs
+    assert all(torch.equal(a, b) for a, b in zip(got_v, ref_v))
+    assert got_g[1] is None and ref_g[1] is None
+    for a, b in ((got_g[0], ref_g[0]), (got_g[2], ref_g[2])):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
