@@ -76,11 +76,11 @@ def dgrad(b: int) -> None:
     ``relu_bias_backward`` for the DLRM MLP shapes, per launch shape (isolated)."""
     from terarec.kernels import triton_mlp as T
 
-    for tma, persistent in ((True, 0), (True, 1), (True, 2), (False, 0)):
-        T.DGRAD_TMA, T.DGRAD_PERSISTENT = tma, persistent
-        print(f"TMA: {tma}, programs per SM (0: one per tile): {persistent}")
+    for tma in (True, False):
+        T.DGRAD_TMA = tma
+        print(f"TMA: {tma}")
         _dgrad_table(b, T)
-    T.DGRAD_TMA, T.DGRAD_PERSISTENT = True, 0
+    T.DGRAD_TMA = True
 
 
 def _dgrad_table(b: int, T) -> None:  # noqa: ANN001, N803 - the kernel module

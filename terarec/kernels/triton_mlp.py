@@ -112,8 +112,6 @@ DGRAD_LAUNCHES = ((512, (128, 128, 64, 4, 3, 8)), (0, (128, 128, 64, 8, 3, 8)))
 DGRAD_LAUNCH: tuple[int, int, int, int, int, int] | None = None  # overrides (benchmarks)
 # Tiles moved by TMA (tensor descriptors; Hopper and newer, 16-byte aligned rows).
 DGRAD_TMA = True
-# TMA kernel walked by this many programs per SM (0: one program per tile).
-DGRAD_PERSISTENT = 0
 
 
 @triton.jit
@@ -212,19 +210,6 @@ def _dgrad_relu_tma_kernel(g_desc, w_desc, y_desc, out_desc, part_ptr, M, N, K,
 
 
 @triton.jit
-def _dgrad_relu_persistent_kernel(g_desc, w_desc, y_desc, out_desc, part_ptr, M, N, K,
-                                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                                  BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-                                  PROGRAMS: tl.constexpr):
-    """The TMA kernel walked by PROGRAMS programs, tile after tile."""
-    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(K, BLOCK_K)
-    for t in tl.range(tl.program_id(0), tiles, PROGRAMS):
-        pid_m, pid_k = _tile(t, M, K, BLOCK_M, BLOCK_K, GROUP_M)
-        _tma_tile(g_desc, w_desc, y_desc, out_desc, part_ptr, pid_m, pid_k, N, K,
-                  BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
-
-
-@triton.jit
 def _dgrad_relu_outer_kernel(g_ptr, w_ptr, y_ptr, out_ptr, part_ptr, M, N, K,
                              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, N_: tl.constexpr):
     """_dgrad_relu_kernel for a tiny inner size (N_ <= OUTER_MAX, e.g. the logit layer's 1):
@@ -290,14 +275,10 @@ def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
                  TensorDescriptor.from_tensor(weight, [bk, bn]),
                  TensorDescriptor.from_tensor(y, [bm, bk]),
                  TensorDescriptor.from_tensor(out, [bm, bk]))
-        common = dict(BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn, GROUP_M=group, num_warps=warps,
-                      num_stages=stages)
-        if DGRAD_PERSISTENT:
-            programs = min(grid[0], DGRAD_PERSISTENT * C.sm_count(grad.device))
-            _dgrad_relu_persistent_kernel[(programs,)](*descs, part, m, n, k,
-                                                       PROGRAMS=programs, **common)
-        else:
-            _dgrad_relu_tma_kernel[grid](*descs, part, m, n, k, **common)
+        # (A persistent walk of these tiles, 1-2 programs per SM, was slower in the step.)
+        _dgrad_relu_tma_kernel[grid](*descs, part, m, n, k, BLOCK_M=bm, BLOCK_K=bk,
+                                     BLOCK_N=bn, GROUP_M=group, num_warps=warps,
+                                     num_stages=stages)
     else:
         _dgrad_relu_kernel[grid](
             grad, weight, y, out, part, m, n, k, BLOCK_M=bm, BLOCK_K=bk, BLOCK_N=bn,
