@@ -24,7 +24,7 @@ from terarec.optim.config import OptimizerConfig
 from tests.distributed import model_scenarios as ms
 from tests.distributed import placement_scenarios as ps
 from tests.distributed import scenarios as sc
-from tests.distributed.test_sharded_training import TOL, assert_same_table
+from tests.distributed.test_sharded_training import TOL, assert_same_run, assert_same_table
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,8 @@ def check(results: list[dict], refs: dict, world: int) -> None:
         for r, res in enumerate(results):
             got = res["value"]["placements"]["cases"][case]
             where = f"{world} ranks, rank {r}, {case}"
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL, err_msg=where)
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=TOL, err_msg=where)
+            assert_same_run(got, ref, where)
             for name in "abc":
-                assert_same_table(got["tables"][name], ref["tables"][name], f"{where} {name}")
                 for state, (k, v) in ref["opt"][name].items():
                     if state == "__step__":
                         assert int(got["opt"][name][state][1][0]) == int(v[0]) == len(sc.BATCHES)

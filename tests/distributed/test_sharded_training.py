@@ -40,6 +40,15 @@ def assert_same_table(got: tuple, ref: tuple, what: str, tol: float = TOL) -> No
     assert worst <= tol, f"{what}: max diff {worst}"
 
 
+def assert_same_run(got: dict, ref: dict, where: str, tol: float = TOL) -> None:
+    """Losses, dense weights and tables a, b, c of a sharded run == the one-process run."""
+    np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
+    for a, b in zip(got["dense"], ref["dense"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tol, err_msg=where)
+    for name in "abc":
+        assert_same_table(got["tables"][name], ref["tables"][name], f"{where} {name}", tol)
+
+
 def check_collection(results: list[dict], refs: dict, world: int, tol: float = TOL) -> None:
     cases = [(f"{k}/{o}", o) for k, o in sc.CASES]
     cases += [(f"{k}/{o}/per_table", o) for k, o in sc.PER_TABLE]
@@ -55,12 +64,8 @@ def check_collection(results: list[dict], refs: dict, world: int, tol: float = T
         for r, res in enumerate(results):
             got = res["value"]["collection"][case]
             where = f"{world} ranks, rank {r}, {case}"
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tol, err_msg=where)
+            assert_same_run(got, ref, where, tol)
             for name in "abc":
-                assert_same_table(got["tables"][name], ref["tables"][name], f"{where} {name}",
-                                  tol)
                 for state in state_format.state_names(sc.configs(opt)[0]):
                     assert_same_table(got["opt"][name][state], ref["opt"][name][state],
                                       f"{where} {name} {state}", tol)
