@@ -276,6 +276,32 @@ def timed(step, batches: list, warmup: int, steps: int, device: torch.device,
     return dt, float(first), float(last)
 
 
+def interleaved(steps_by_name: dict, batches: list, warmup: int, steps: int, rounds: int,
+                device: torch.device) -> dict[str, tuple[float, float, float]]:
+    """:func:`timed` for several systems at once: after ``warmup`` steps each, ``rounds``
+    rounds of ``steps // rounds`` steps per system, the order reversed every round; seconds per
+    step = the median round. A shared, drifting host (a 2-core VM whose speed changed 25%
+    within a minute, session 5) then slows both systems alike instead of the one timed last."""
+    first = {n: float(f(*batches[0])) for n, f in steps_by_name.items()}
+    for f in steps_by_name.values():
+        for i in range(1, warmup):
+            f(*batches[i % len(batches)])
+    per_round = max(1, steps // rounds)
+    times: dict[str, list[float]] = {n: [] for n in steps_by_name}
+    last: dict[str, float] = {}
+    names = list(steps_by_name)
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            for i in range(per_round):
+                out = steps_by_name[n](*batches[i % len(batches)])
+            sync(device)
+            times[n].append((time.perf_counter() - t0) / per_round)
+            last[n] = float(out)
+    return {n: (sorted(v)[len(v) // 2], first[n], last[n]) for n, v in times.items()}
+
+
 def profile(step, batches: list, n: int, device: torch.device) -> None:
     """Top device kernels (total time over ``n`` steps) of ``step``, via torch.profiler."""
     from torch.profiler import ProfilerActivity
@@ -304,9 +330,13 @@ def main() -> None:
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--profile", type=int, default=0,
                    help="profile N terarec steps; print the top CUDA kernels")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="time peer and terarec (eager) in this many alternating rounds, both "
+                        "models built at once (default: 6 on CPU, 1 = one after the other on "
+                        "CUDA, where the peer is freed before terarec is built)")
     a = p.parse_args()
     if a.tiny:
-        a.batch, a.steps, a.warmup, a.batches = 512, 12, 3, 2
+        a.batch, a.steps, a.warmup, a.batches = 512, 24, 3, 2
         a.max_rows = a.max_rows or 2000
     device = torch.device(a.device)
     cfg = CONFIGS[a.config]
@@ -317,6 +347,15 @@ def main() -> None:
           f"{sum(cfg['hot'])} lookups/sample, {cfg['opt']}, device "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     results = {}
+    rounds = a.rounds or (6 if device.type == "cpu" else 1)
+    if rounds > 1 and not a.skip_peer:
+        both = _interleaved_run(a, card, cfg, batches, device, rounds)
+        for name, (dt, l0, l1) in both.items():
+            print(f"{name:14s}: {dt * 1e3:8.2f} ms/step  {a.batch / dt / 1e6:7.3f} M samples/s"
+                  f"  loss {l0:.4f} -> {l1:.4f}   (median of {rounds} alternating rounds)")
+        ratio = both["plain PyTorch"][0] / both["terarec"][0]
+        print(f"ratio terarec / plain PyTorch ({device.type}): {ratio:.2f}x")
+        return
     if not a.skip_peer:
         peer = Peer(a.config, card, cfg["dim"]).to(device)
         opts = peer_optimizer(peer, cfg["opt"], cfg["lr"])
@@ -359,6 +398,21 @@ def main() -> None:
     if roof and device.type == "cuda":
         print(f"fraction of the roofline ({roof / 1e6:.1f}M samples/s, anchors §10): "
               f"{a.batch / best / roof:.1%}")
+
+
+def _interleaved_run(a: argparse.Namespace, card: list[int], cfg: dict, batches: list,
+                     device: torch.device, rounds: int) -> dict[str, tuple[float, float, float]]:
+    peer = Peer(a.config, card, cfg["dim"]).to(device)
+    opts = peer_optimizer(peer, cfg["opt"], cfg["lr"])
+    model = terarec_model(a.config, card, cfg, a.batch, device)
+    model.engine.use_cuda_graph = False
+
+    def tr_step(b: Batch, _loc: list[torch.Tensor]) -> torch.Tensor:
+        model.train(b)
+        return model._loss
+
+    return interleaved({"plain PyTorch": lambda b, loc: peer_step(peer, opts, b, loc),
+                        "terarec": tr_step}, batches, a.warmup, a.steps, rounds, device)
 
 
 if __name__ == "__main__":

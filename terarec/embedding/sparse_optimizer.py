@@ -93,14 +93,16 @@ class SparseOptimizer:
         self.mode(self, weight, rows, grad, extent)
 
     # gather / scatter of hit rows
+    # index_select / index_copy_ rather than weight[rows] / weight[rows] = w: the same copies,
+    # ~3x faster on CPU (advanced indexing takes a generic strided path there).
     def _gather(self, weight: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, list]:
-        return weight[rows], [s[rows] for s in self.states]
+        return weight.index_select(0, rows), [s.index_select(0, rows) for s in self.states]
 
     def _scatter(self, weight: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
                  st: list[torch.Tensor]) -> None:
-        weight[rows] = w
+        weight.index_copy_(0, rows, w.to(weight.dtype))
         for s, v in zip(self.states, st):
-            s[rows] = v
+            s.index_copy_(0, rows, v.to(s.dtype))
 
 
 @UPDATE_MODES.register("Local")

@@ -98,10 +98,14 @@ class MLP(Layer):
             return self._forward_fused(x)
         bi = 0
         for i, w in enumerate(self.weights):
-            x = torch.matmul(x, w.to(x.dtype))
+            w = w.to(x.dtype)
             if self.use_biases[i]:
-                x = x + self.biases[bi].to(x.dtype).view(-1)
+                b = self.biases[bi].to(x.dtype).view(-1)
                 bi += 1
+                # one GEMM with the bias as its C operand for 2-D inputs (no extra pass)
+                x = torch.addmm(b, x, w) if x.dim() == 2 else torch.matmul(x, w) + b
+            else:
+                x = torch.matmul(x, w)
             if self.acts[i] == "Relu":
                 x = torch.relu(x)
         return x

@@ -189,3 +189,21 @@ def test_module_to_keeps_table_working() -> None:
     out = table(sp).detach()
     table.to("cpu")
     torch.testing.assert_close(table(sp).detach(), out)
+
+
+@pytest.mark.parametrize("n_rows", [1, 7, 1000])
+def test_sum_per_row_row_map_equals_sort(n_rows: int) -> None:
+    """CPU small-table path (used-row map, no sort) == torch.unique + index_put_."""
+    from terarec.embedding.table import sum_per_row
+
+    gen = torch.Generator().manual_seed(n_rows)
+    rows = torch.randint(0, n_rows, (3000,), generator=gen)
+    grads = torch.randn(3000, 4, generator=gen, dtype=torch.float64)
+    uniq, summed = sum_per_row(rows, grads, n_rows)
+    ref_u, inverse = torch.unique(rows, return_inverse=True)
+    ref = torch.zeros(ref_u.numel(), 4, dtype=torch.float64).index_put_((inverse,), grads,
+                                                                         accumulate=True)
+    assert torch.equal(uniq, ref_u)
+    torch.testing.assert_close(summed, ref, rtol=0, atol=1e-12)
+    empty_u, empty_s = sum_per_row(rows[:0], grads[:0], n_rows)
+    assert empty_u.numel() == 0 and empty_s.shape == (0, 4)
