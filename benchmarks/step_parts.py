@@ -127,6 +127,7 @@ def train(steps: int) -> None:
                           {"mlp.CAST_IN_ONE": True},
                           {"mlp.CAST_IN_ONE": True, "mlp.FUSED_DGRAD_OUTER_MAX": 8},
                           {"interaction.BWD_LAUNCH": (4, 0, 1)},
+                          {"interaction.BWD_ROW0_STORE": True},
                           {"grad.CHUNKS_PER_PROGRAM": 16}, {}]
     for combo in combos:
         saved = {}

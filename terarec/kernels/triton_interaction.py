@@ -35,6 +35,10 @@ FWD_LAUNCH = (1, 1, 16, 2)
 # kernel walked by 16 programs per SM with 2 stages: 4.13 -> 4.09 ms per DLRM step on an H200
 # (session 5, step_parts.py --parts train).
 BWD_LAUNCH = (4, 16, 2)
+# The dense input's gradient (row 0 of the tile) stored by a masked store of the whole tile
+# instead of a masked sum over the rows (a cross-warp reduction per sample). Not yet measured
+# in the step: off (step_parts.py tries it).
+BWD_ROW0_STORE = False
 
 
 @triton.jit
@@ -115,7 +119,7 @@ def _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask):
 
 @triton.jit
 def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e, emask,
-             IEEE: tl.constexpr, INTERP: tl.constexpr):
+             IEEE: tl.constexpr, INTERP: tl.constexpr, ROW0_STORE: tl.constexpr):
     """Sample ``b`` on 2-D tiles."""
     x, is_e = _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask)
     ii = i[:, None]
@@ -131,9 +135,14 @@ def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e
         dx = tl.dot(g.to(x.dtype).to(tl.float32), x.to(tl.float32))
     else:  # bf16 x bf16 on tensor cores: exact products, float32 sums
         dx = tl.dot(g.to(x.dtype), x, out_dtype=tl.float32)
-    d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)
-    d0 += tl.load(row + e, mask=emask, other=0.0).to(tl.float32)
-    tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
+    if ROW0_STORE:  # row 0 of the tile stored as it is: no cross-warp reduction
+        d0 = dx + tl.load(row + e, mask=emask, other=0.0).to(tl.float32)[None, :]
+        tl.store(dd_ptr + b * E + e[None, :] + 0 * ii, d0.to(dd_ptr.dtype.element_ty),
+                 mask=(ii == 0) & emask[None, :])
+    else:
+        d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)
+        d0 += tl.load(row + e, mask=emask, other=0.0).to(tl.float32)
+        tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
     tl.store(de_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
              dx.to(de_ptr.dtype.element_ty), mask=is_e[:, None] & emask[None, :])
 
@@ -141,7 +150,7 @@ def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e
 @triton.jit
 def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
                 NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
-                INTERP: tl.constexpr, STAGES: tl.constexpr):
+                INTERP: tl.constexpr, STAGES: tl.constexpr, ROW0_STORE: tl.constexpr):
     """One sample at a time (2-D tiles), program p taking samples p, p + P, ..."""
     i = tl.arange(0, NP)
     e = tl.arange(0, BLOCK_E)
@@ -150,12 +159,12 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
         b = tl.program_id(0).to(tl.int64)
         while b < B:
             _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e,
-                     emask, IEEE=IEEE, INTERP=INTERP)
+                     emask, IEEE=IEEE, INTERP=INTERP, ROW0_STORE=ROW0_STORE)
             b += tl.num_programs(0)
     else:
         for b in tl.range(tl.program_id(0), B, tl.num_programs(0), num_stages=STAGES):
             _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b.to(tl.int64), S, E,
-                     out_cols, i, e, emask, IEEE=IEEE, INTERP=INTERP)
+                     out_cols, i, e, emask, IEEE=IEEE, INTERP=INTERP, ROW0_STORE=ROW0_STORE)
 
 
 def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -226,5 +235,5 @@ def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor, emb: torch
         _bwd_kernel[grid](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
                           d_emb, b, s, e, cols, NP=np_, BLOCK_E=be,
                           IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
-                          STAGES=stages, num_warps=warps or warps_d)
+                          STAGES=stages, ROW0_STORE=BWD_ROW0_STORE, num_warps=warps or warps_d)
     return d_dense, d_emb

@@ -70,3 +70,12 @@ def test_interaction_block_walk(dev: torch.device) -> None:
         assert rel_err(got, want) < 1e-6
         got_b = t.interaction_backward(go, dense, emb, warps=warps, persist=persist)
         assert all(rel_err(a, b) < 1e-6 for a, b in zip(got_b, want_b))
+    saved = t.BWD_ROW0_STORE
+    try:  # the dense gradient by a masked store of row 0 instead of a reduction
+        t.BWD_ROW0_STORE = not saved
+        got_b = t.interaction_backward(go, dense, emb)
+        assert all(rel_err(a, b) < 1e-6 for a, b in zip(got_b, want_b))
+        got_b = t.interaction_backward(go.bfloat16(), dense.bfloat16(), emb.bfloat16())
+        assert all(rel_err(a, b) < 2e-2 for a, b in zip(got_b, want_b))
+    finally:
+        t.BWD_ROW0_STORE = saved
