@@ -128,7 +128,8 @@ def train(steps: int) -> None:
                           {"mlp.CAST_IN_ONE": True, "mlp.FUSED_DGRAD_OUTER_MAX": 8},
                           {"interaction.BWD_LAUNCH": (4, 0, 1)},
                           {"interaction.BWD_ROW0_STORE": True},
-                          {"grad.CHUNKS_PER_PROGRAM": 16}, {}]
+                          {"grad.CHUNKS_PER_PROGRAM": 16}, {"grad.CHUNK_WARPS": 2},
+                          {"grad.CHUNK_WARPS": 1}, {}]
     for combo in combos:
         saved = {}
         for key, value in combo.items():

@@ -44,6 +44,9 @@ from terarec.kernels.triton_optim import apply_rule, state_pointers, use_sr
 CAP = 32
 CHUNKS_PER_PROGRAM = 4  # chunks walked per program (H200 DLRM step: 4 -> 3.76 ms, 16 3.78, 64 3.88)
 CHUNK_STAGES = 1  # software-pipeline stages of _chunk_kernel's walk over its chunks
+# Warps of a _chunk_kernel program (its [CAP, BLOCK_D] sum crosses warps through shared memory
+# with 4; 1-2 keep more of it in registers). 4: measured default; 1, 2: step_parts tries them.
+CHUNK_WARPS = 4
 # Partial slots summed per step of _combine_kernel's walk: a hot row of a 3-row Criteo slot
 # has ~680 partials at B = 65,536 (16 per step: 43 dependent steps, the kernel's tail).
 COMBINE_BLOCK_C = 64
@@ -292,7 +295,7 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
     _chunk_kernel[(plan.max_part // CHUNKS_PER_PROGRAM, triton.cdiv(dim, block_d))](
         go, src, qpos_arg, qscale_arg, plan.ch_first, plan.ch_n, plan.ch_slot, plan.n_chunks,
         part, dim, go.stride(0), rpt, slots, tables, CAP_=CAP, PER_PROG=CHUNKS_PER_PROGRAM,
-        BLOCK_D=block_d, STAGES=CHUNK_STAGES, num_warps=4, **common)
+        BLOCK_D=block_d, STAGES=CHUNK_STAGES, num_warps=CHUNK_WARPS, **common)
     _combine_kernel[(plan.max_hot, triton.cdiv(dim, block_d))](
         part, plan.hot_u, plan.slot, plan.nch, out if out is not None else part, w, s1, s2,
         plan.uniq, dim, gscale, lr, lr_factor, h1, h2, h3, seed, OPT=code, SR=sr,
