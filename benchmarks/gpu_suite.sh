@@ -3,6 +3,7 @@
 # Usage: bash benchmarks/gpu_suite.sh [tests|train|inference|data|all]   (default all)
 #   tests     GPU-marked tests (kernels, fast paths, embedding, inference, optim, metrics)
 #   train     training throughput: DLRM (peer + terarec, profile), DCNv2 and DCN
+#   tune      in-step A/B of the kernels' prepared knobs (benchmarks/step_parts.py --parts train)
 #   inference predict samples/s of the inference session vs Model.predict
 #   data      reader rows/s with 16 workers
 #   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 (-> 4) GPUs, then the opt-in
@@ -27,6 +28,12 @@ if [[ $what == train || $what == all ]]; then
     timeout 90 python3 benchmarks/train_throughput.py --config dcn --steps 30
   } 2>&1 | grep -v -i "warn" > "$OUT/bench_train.txt"
   grep -E "config|ms/step|ratio|fraction|host" "$OUT/bench_train.txt"
+fi
+if [[ $what == tune ]]; then
+  # In-step A/B of the kernels' module constants (prepared knobs: flip a default only where
+  # both of its runs beat both "defaults" runs).
+  timeout 300 python3 benchmarks/step_parts.py --parts train --steps 30 2>&1 \
+    | grep -E "CUDA graph" | tee "$OUT/tune.txt"
 fi
 if [[ $what == inference || $what == all ]]; then
   timeout 150 python3 benchmarks/inference_gpu.py --batch 65536 --max-rows 100000 \
