@@ -238,12 +238,12 @@ def _dgrad_launch(dtype: torch.dtype, n: int) -> tuple[int, int, int, int, int, 
     return bm, bk, min(bn, max(16, triton.next_power_of_2(n))), warps, stages, group
 
 
-def _tma_ok(grad: torch.Tensor, weight: torch.Tensor) -> bool:
-    """TMA descriptors apply: a 16-bit type, Hopper or newer, rows of 16-byte multiples."""
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors apply: a 16-bit type, Hopper or newer, 16-byte aligned bases and rows."""
+    grad = tensors[0]
     return (DGRAD_TMA and not C.interpreting() and grad.is_cuda and grad.element_size() == 2
             and torch.cuda.get_device_capability(grad.device)[0] >= 9
-            and grad.shape[1] % 8 == 0 and weight.shape[0] % 8 == 0
-            and grad.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+            and all(t.shape[-1] % 8 == 0 and t.data_ptr() % 16 == 0 for t in tensors))
 
 
 def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
@@ -268,7 +268,7 @@ def linear_relu_dgrad(grad: torch.Tensor, weight: torch.Tensor,
     if not (m and k and n):
         out.zero_()
         part.zero_()
-    elif _tma_ok(grad, weight):
+    elif _tma_ok(grad, weight, y, out):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         descs = (TensorDescriptor.from_tensor(grad, [bm, bn]),
