@@ -240,6 +240,9 @@ class DirectIndex(KeyIndexBase):
     def insert(self, keys: torch.Tensor) -> InsertResult:
         keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
         self._check_range(keys)
+        if not keys.is_cuda and bool(self._used[keys].all()):  # steady state: nothing new
+            none = keys.new_empty(0)
+            return InsertResult(keys.clone(), none, none)
         uniq, inverse = torch.unique(keys, return_inverse=True)
         first = _first_positions(inverse, uniq.numel())
         is_new = torch.nonzero(~self._used[uniq]).squeeze(1)
