@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from terarec.distributed import comm, state_format
 from terarec.distributed.base import Arrays, ShardedTableBase, _np_keys
-from terarec.distributed.routed import first_occurrence_unique, slots_of_keys
+from terarec.distributed.routed import ExchangePool, first_occurrence_unique, slots_of_keys
 from terarec.distributed.types import STRATEGIES, LookupContext
 from terarec.embedding.config import TableConfig
 from terarec.embedding.init import init_vectors
@@ -80,20 +80,6 @@ class ColumnBlockTable(EmbeddingTable):
                                           self.config.dim, self.seed, self.weight.dtype,
                                           col_offset=self.col_offset)
         return rows
-
-
-class _ColumnPool(torch.autograd.Function):
-    """forward: blocks back + concatenation + pooling; backward: column gradients to owners."""
-
-    @staticmethod
-    def forward(fctx, anchor, table, ctx, vectors):  # noqa: ANN001, ANN205
-        fctx.table, fctx.ctx = table, ctx
-        return table._exchange_and_pool(ctx, vectors)
-
-    @staticmethod
-    def backward(fctx, grad_out):  # noqa: ANN001, ANN205
-        fctx.table._backward(fctx.ctx, grad_out)
-        return None, None, None, None
 
 
 @STRATEGIES.register("column_wise")
@@ -157,7 +143,8 @@ class ColumnWiseTable(ShardedTableBase):
         if self.frozen or not torch.is_grad_enabled():
             return self._exchange_and_pool(ctx, vectors)
         anchor = torch.empty(0, device=self.device, requires_grad=True)
-        return _ColumnPool.apply(anchor, self, ctx, vectors)
+        # the routed tables' node: _exchange_and_pool forward, _backward backward
+        return ExchangePool.apply(anchor, self, ctx, vectors)
 
     # ------------------------------------------------------------------ helpers
     def _owner_offsets(self, ctx: LookupContext) -> list[int]:

@@ -71,9 +71,10 @@ class SendPlan:
     key_to_send: torch.Tensor  # position in ``send`` of every key of ``sparse``
 
 
-class _RoutedPool(torch.autograd.Function):
+class ExchangePool(torch.autograd.Function):
     """forward: vectors back to the samples' rank + pooling; backward: gradients to owners +
-    the owner's fused optimizer step."""
+    the owner's fused optimizer step (``table._exchange_and_pool`` / ``table._backward``: the
+    routed tables and the column-wise blocks)."""
 
     @staticmethod
     def forward(fctx, anchor, table, ctx, vectors):  # noqa: ANN001, ANN205
@@ -168,7 +169,7 @@ class RoutedTable(ShardedTableBase):
         if self.frozen or not torch.is_grad_enabled():
             return self._exchange_and_pool(ctx, vectors)
         anchor = torch.empty(0, device=self.device, requires_grad=True)
-        return _RoutedPool.apply(anchor, self, ctx, vectors)
+        return ExchangePool.apply(anchor, self, ctx, vectors)
 
     # ------------------------------------------------------------------ helpers
     def _exchange_and_pool(self, ctx: LookupContext, vectors: torch.Tensor) -> torch.Tensor:
