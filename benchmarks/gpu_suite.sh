@@ -33,7 +33,7 @@ if [[ $what == tune ]]; then
   # In-step A/B of the kernels' module constants (prepared knobs: flip a default only where
   # both of its runs beat both "defaults" runs).
   timeout 300 python3 benchmarks/step_parts.py --parts train --steps 30 2>&1 \
-    | grep -E "CUDA graph" | tee "$OUT/tune.txt"
+    | grep -E "CUDA graph|faster than" | tee "$OUT/tune.txt"
 fi
 if [[ $what == inference || $what == all ]]; then
   timeout 150 python3 benchmarks/inference_gpu.py --batch 65536 --max-rows 100000 \
