@@ -248,6 +248,16 @@ def terarec_model(config: str, card: list[int], cfg: dict, batch: int,
     return model
 
 
+def terarec_step(model: hugectr.Model):  # noqa: ANN201
+    """One ``model.train`` step on a batch, returning the loss (the timed terarec step)."""
+
+    def step(b: Batch, _loc: list[torch.Tensor]) -> torch.Tensor:
+        model.train(b)
+        return model._loss
+
+    return step
+
+
 # ------------------------------------------------------------------------------ timing
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -368,11 +378,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     model = terarec_model(a.config, card, cfg, a.batch, device)
-
-    def tr_step(b: Batch, _loc: list[torch.Tensor]) -> torch.Tensor:
-        model.train(b)
-        return model._loss
-
+    tr_step = terarec_step(model)
     variants = [("terarec", False)]
     if device.type == "cuda" and model.solver.use_cuda_graph:
         variants.append(("terarec + CUDA graph", True))
@@ -406,13 +412,9 @@ def _interleaved_run(a: argparse.Namespace, card: list[int], cfg: dict, batches:
     opts = peer_optimizer(peer, cfg["opt"], cfg["lr"])
     model = terarec_model(a.config, card, cfg, a.batch, device)
     model.engine.use_cuda_graph = False
-
-    def tr_step(b: Batch, _loc: list[torch.Tensor]) -> torch.Tensor:
-        model.train(b)
-        return model._loss
-
     return interleaved({"plain PyTorch": lambda b, loc: peer_step(peer, opts, b, loc),
-                        "terarec": tr_step}, batches, a.warmup, a.steps, rounds, device)
+                        "terarec": terarec_step(model)}, batches, a.warmup, a.steps, rounds,
+                       device)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ all tables); the vector and gradient exchanges reuse them (no further synchronis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -164,9 +166,8 @@ class FusedLookup:
             plans = [t.plan_send(inputs[t.name]) for t in self.routed]
             rctxs, repl_ids, repl_inv = self._replicated_inputs(inputs)
             send_c, recv_c, rest = self._header(plans, repl_ids, inputs)
-            keys_back = comm.all_to_all_rows(
-                _pack([p.send for p in plans], send_c).view(-1, 2), [sum(r) for r in send_c],
-                [sum(r) for r in recv_c], self.group) if plans else None
+            keys_back = self._send_keys(comm.all_to_all_rows, plans, send_c, recv_c) \
+                if plans else None
         n = len(plans)
         batch_sizes = [int(row[0]) for row in rest]
         ctxs = []
@@ -217,6 +218,13 @@ class FusedLookup:
         return ([row[:n] for row in both[:w]], [row[:n] for row in both[w:]],
                 [row[n:] for row in both[w:]])
 
+    def _send_keys(self, exchange: Callable[..., Any], plans: list[SendPlan],
+                   send_c: list[list[int]], recv_c: list[list[int]]) -> Any:
+        """The keys all-to-all of every routed table (packed) through ``exchange``
+        (``comm.all_to_all_rows``, or its ``_async`` form issued ahead)."""
+        return exchange(_pack([p.send for p in plans], send_c).view(-1, 2),
+                        [sum(r) for r in send_c], [sum(r) for r in recv_c], self.group)
+
     # ------------------------------------------------------------------ overlap
     @property
     def can_prefetch(self) -> bool:
@@ -234,9 +242,7 @@ class FusedLookup:
             return
         plans = [t.plan_send(inputs[t.name]) for t in self.routed]
         send_c, recv_c, rest = self._header(plans, [], inputs)
-        keys = comm.all_to_all_rows_async(
-            _pack([p.send for p in plans], send_c).view(-1, 2), [sum(r) for r in send_c],
-            [sum(r) for r in recv_c], self.group)
+        keys = self._send_keys(comm.all_to_all_rows_async, plans, send_c, recv_c)
         key = {name: overlap.input_key(sp) for name, sp in inputs.items()}
         self._pending = _Prefetched(key, plans, send_c, recv_c, rest, keys)
 

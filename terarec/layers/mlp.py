@@ -232,7 +232,7 @@ class _LinearChain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spec, *params):  # noqa: ANN001, ANN205
-        outs = []
+        outs, where = [], []  # layer outputs; index of w_i in params
         h, p = x, 0
         for relu, has_bias in spec:
             w = params[p]
@@ -242,23 +242,19 @@ class _LinearChain(torch.autograd.Function):
             else:
                 h = h.mm(w)
                 h = torch.relu(h) if relu else h
+            where.append(p)
             p += 2 if has_bias else 1
             outs.append(h)
-        ctx.spec = spec
+        ctx.spec, ctx.where = spec, where
         ctx.save_for_backward(x, *params, *outs)
         return h
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        spec = ctx.spec
+        spec, where = ctx.spec, ctx.where
         saved = ctx.saved_tensors
         x, n_params = saved[0], len(ctx.needs_input_grad) - 2
         params, outs = saved[1:1 + n_params], saved[1 + n_params:]
-        where = []  # index of w_i in params
-        p = 0
-        for _, has_bias in spec:
-            where.append(p)
-            p += 2 if has_bias else 1
         grads: list[torch.Tensor | None] = [None] * n_params
         g, db = _activation_grad(grad.contiguous(), outs[-1], *spec[-1])
         for i in reversed(range(len(spec))):
