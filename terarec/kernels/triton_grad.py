@@ -45,8 +45,9 @@ CAP = 32
 CHUNKS_PER_PROGRAM = 4  # chunks walked per program (H200 DLRM step: 4 -> 3.76 ms, 16 3.78, 64 3.88)
 CHUNK_STAGES = 1  # software-pipeline stages of _chunk_kernel's walk over its chunks
 # Warps of a _chunk_kernel program (its [CAP, BLOCK_D] sum crosses warps through shared memory
-# with 4; 1-2 keep more of it in registers). 4: measured default; 1, 2: step_parts tries them.
-CHUNK_WARPS = 4
+# with 4; 1-2 keep more of it in registers). H200 DLRM step (2026-11-29): 1 -> 3.69 ms,
+# 2 -> 3.70, 4 -> 3.78-3.79.
+CHUNK_WARPS = 1
 # Partial slots summed per step of _combine_kernel's walk: a hot row of a 3-row Criteo slot
 # has ~680 partials at B = 65,536 (16 per step: 43 dependent steps, the kernel's tail).
 COMBINE_BLOCK_C = 64

@@ -187,15 +187,15 @@ def _fused_ok(x: torch.Tensor) -> bool:
 FUSED_DGRAD = True
 FUSED_DGRAD_MIN_WIDTH = 256
 # Upper layers at most this wide (a logit layer: width 1) fused as outer products (cuBLAS's
-# gemmk1 + the separate pass: ~50 us per DLRM step on an H200). 0: off. Not yet measured in
-# the step (session 5 ended without device time): step_parts.py tries it.
-FUSED_DGRAD_OUTER_MAX = 0
+# gemmk1 + the separate pass: ~50 us per DLRM step on an H200). 0: off. H200 DLRM step
+# (step_parts.py, 2026-11-29): with CAST_IN_ONE 3.73 ms vs 3.78-3.79 for neither.
+FUSED_DGRAD_OUTER_MAX = 8
 
 
 # The layer's weights and biases cast to the autocast dtype by one multi-tensor copy (forward)
 # and their gradients back by another (backward) instead of one cast kernel per tensor each
-# way (16 + 16 small launches per DLRM step). Not yet measured in the step: off.
-CAST_IN_ONE = False
+# way (16 + 16 small launches per DLRM step). H200 DLRM step: 3.77 ms alone vs 3.78-3.79 off.
+CAST_IN_ONE = True
 
 
 class _CastAll(torch.autograd.Function):
