@@ -350,7 +350,11 @@ def _measure(a: argparse.Namespace, rank: int, world: int, device: torch.device)
         torch.set_num_threads(1)
     base = CRITEO_1TB if a.criteo_1tb else KAGGLE
     rows = [min(r, a.max_rows) if a.max_rows > 0 else r for r in base]
-    res = {"api": "hugectr.Model", "world": world, "batch_per_rank": a.batch,
+    # TERAREC_EXCHANGE_AT_ONE_RANK=1 at one rank: the sharded path's cost without the link
+    # (kept apart from the one-process rows of the efficiency table)
+    api = ("hugectr.Model, sharded path at one rank"
+           if world == 1 and denv.exchange_at_one_rank() else "hugectr.Model")
+    res = {"api": api, "world": world, "batch_per_rank": a.batch,
            "tables": "criteo_1tb" if a.criteo_1tb else "kaggle", "rows": sum(rows),
            "dim": a.dim, "index": a.index,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

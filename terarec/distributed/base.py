@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from terarec.distributed import comm, state_format
+from terarec.distributed import comm, env, state_format
 from terarec.distributed.shard_index import KeyMap, MappedDirectIndex
 from terarec.distributed.types import LookupContext
 from terarec.embedding.config import TableConfig
@@ -100,8 +100,10 @@ class ShardedTableBase(nn.Module):
     @property
     def local_only(self) -> bool:
         """A world of one: the shard is the whole table and a lookup is the plain table's
-        (no exchange, no de-duplication; the GPU fast path applies where it would)."""
-        return self.world == 1 and self.shard is not None and self.local_shortcut
+        (no exchange, no de-duplication; the GPU fast path applies where it would), unless
+        ``TERAREC_EXCHANGE_AT_ONE_RANK`` asks for the sharded path."""
+        return (self.world == 1 and self.shard is not None and self.local_shortcut
+                and not env.exchange_at_one_rank())
 
     @property
     def name(self) -> str:

@@ -8,6 +8,11 @@ process uses the GPU of its local rank, and a gloo job uses CPU tensors even on 
 GPUs (:attr:`DistEnv.device`; gloo has no all-to-all of CUDA tensors). The collective
 timeout comes from ``TERAREC_DIST_TIMEOUT`` (seconds, default 1800) so that a rank that died
 turns into an error on the others instead of a hang.
+
+``TERAREC_EXCHANGE_AT_ONE_RANK=1`` (with ``WORLD_SIZE=1`` from torchrun): a job of one process
+still builds its process group and runs the sharded path (input_dist, lookup, output_dist,
+collectives with itself) instead of the one-process shortcut: what a multi-GPU step costs on
+one GPU apart from the link (profiling, and the NCCL code paths on a one-GPU machine).
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ def _int_env(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name}", "an integer", raw) from None
+
+
+EXCHANGE_AT_ONE_RANK_ENV = "TERAREC_EXCHANGE_AT_ONE_RANK"
+
+
+def exchange_at_one_rank() -> bool:
+    """Whether a world of one runs the sharded path (see module docstring)."""
+    return os.environ.get(EXCHANGE_AT_ONE_RANK_ENV, "0").strip() not in ("", "0")
 
 
 def env_from_vars() -> DistEnv:
@@ -105,9 +118,10 @@ def current() -> DistEnv:
 
 def init_from_env(backend: str | None = None) -> DistEnv:
     """Initialise the default process group from the environment when ``WORLD_SIZE > 1``
-    (a no-op when it already exists or the job has one process)."""
+    (a no-op when it already exists or the job has one process, unless
+    ``TERAREC_EXCHANGE_AT_ONE_RANK`` asks for the sharded path at one rank)."""
     env = env_from_vars()
-    if is_initialized() or env.world_size == 1:
+    if is_initialized() or (env.world_size == 1 and not exchange_at_one_rank()):
         return current()
     backend = backend or env.backend
     if backend == "nccl":

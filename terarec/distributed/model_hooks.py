@@ -234,6 +234,6 @@ def hybrid_options(configs: list[TableConfig], plan: ShardingPlan) -> dict[str, 
 def init_distributed(model: Any) -> DistributedModel | None:
     """Join or launch the job for ``model.solver.vvgpu``; None for a single process."""
     denv = launch_if_needed(getattr(model.solver, "vvgpu", None))
-    if denv.world_size <= 1:
+    if denv.world_size <= 1 and not (env.exchange_at_one_rank() and env.is_initialized()):
         return None
     return DistributedModel(model, denv)

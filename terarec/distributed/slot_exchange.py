@@ -140,7 +140,8 @@ class SlotExchange:
         whose input declares one key per slot (``TableConfig.hotness == 1``), so every rank
         takes the same path whatever its batch holds."""
         cfg = table.config
-        return (table.world > 1 and table.placement.kind == "table_wise"
+        return ((table.world > 1 or not table.local_only)
+                and table.placement.kind == "table_wise"
                 and cfg.embedding_type in DIRECT_TYPES and cfg.hotness == 1
                 and bool(cfg.slot_size_array) and len(cfg.slot_size_array) == cfg.slot_num)
 
