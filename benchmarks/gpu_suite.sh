@@ -9,6 +9,8 @@
 #   dist      (2+ GPUs) NCCL tests, weak scaling 1 -> 2 (-> 4) GPUs, then the opt-in
 #             exchanges (TERAREC_OVERLAP_INPUT_DIST, TERAREC_REPLICATE_SLOT_ROWS) at 2 (4) GPUs
 #   dist1tb   (2 GPUs) the Criteo 1TB tables (104.5 GB) through hugectr.Model
+#   exchange1 (1 GPU) the sharded path at one rank (TERAREC_EXCHANGE_AT_ONE_RANK=1): its cost
+#             without the link, for each opt-in exchange switch, and a profile
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -62,12 +64,30 @@ if [[ $what == dist ]]; then
   # Opt-in exchanges at the largest count: the next batch's keys ahead, small slots replicated.
   n=$(( gpus >= 4 ? 4 : 2 ))
   for v in TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768 \
-           "TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768"; do
+           "TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768" \
+           TERAREC_SLOT_MAJOR_EXCHANGE=1 "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1" \
+           "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_OVERLAP_INPUT_DIST=1"; do
     echo "== $v ($n GPUs)"
     env $v timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py \
       --steps 20 --warmup 5 > "$OUT/scaling_${n}_${v// /_}.txt" 2>&1
     grep -E "terarec path|^\|" "$OUT/scaling_${n}_${v// /_}.txt" | tail -3
   done
+fi
+if [[ $what == exchange1 ]]; then
+  res="$OUT/exchange1.jsonl"; rm -f "$res"; i=0
+  for v in "TERAREC_EXCHANGE_AT_ONE_RANK=0" "TERAREC_EXCHANGE_AT_ONE_RANK=1" \
+           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_DP_STEP_GRAPH=1" \
+           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1" \
+           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1"; do
+    i=$((i + 1)); echo "== $v"
+    env $v timeout 100 torchrun --standalone --nproc-per-node 1 benchmarks/scaling.py \
+      --steps 20 --warmup 5 --no-peer --results "$res" > "$OUT/exchange1_$i.txt" 2>&1
+    grep -E "^\| 1" "$OUT/exchange1_$i.txt" | tail -1
+  done
+  env TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 timeout 100 torchrun \
+    --standalone --nproc-per-node 1 benchmarks/scaling.py --steps 10 --warmup 3 --no-peer \
+    --profile 3 --results "$OUT/exchange1_profile.jsonl" > "$OUT/exchange1_profile.txt" 2>&1
+  grep -A30 "profile of" "$OUT/exchange1_profile.txt" | cut -c1-70,150-190
 fi
 if [[ $what == dist1tb ]]; then
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

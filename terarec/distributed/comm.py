@@ -1,9 +1,11 @@
 """Collective helpers over ``torch.distributed`` with variable-size payloads.
 
 Owns the few communication patterns the sharded embeddings need: an all-to-all of per-peer
-counts, an all-to-all of rows with uneven splits, an all-gather of uneven tensors and a gather
-of uneven tensors to one rank (point to point, so rank 0 alone holds the result). Every helper
-works on gloo (CPU) and NCCL (CUDA) alike; the tensors must live on the process group's device.
+counts, an all-to-all of rows with uneven splits, point-to-point blocks in one batch
+(:func:`exchange_blocks`: each block lands where its receiver wants it), an all-gather of
+uneven tensors and a gather of uneven tensors to one rank (point to point, so rank 0 alone
+holds the result). Every helper works on gloo (CPU) and NCCL (CUDA) alike; the tensors must
+live on the process group's device.
 
 :func:`all_to_all_rows_async` issues the rows all-to-all without waiting (``async_op=True``:
 gloo runs it on its own threads, NCCL on its communication stream); its :class:`PendingRows`
@@ -70,6 +72,31 @@ def all_to_all_rows_async(send: torch.Tensor, send_counts: list[int], recv_count
                                   input_split_sizes=list(send_counts), group=group,
                                   async_op=True)
     return PendingRows(out, send, work)
+
+
+def exchange_blocks(sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]],
+                    group: Group = None) -> None:
+    """Point-to-point blocks in one batch (``batch_isend_irecv``: one NCCL group): each
+    ``(peer, tensor)`` of ``sends`` goes to group rank ``peer``, each ``(peer, out)`` of
+    ``recvs`` is filled from ``peer``; between two ranks the i-th block one sends is the i-th
+    the other receives (same shape, both sides skip empty blocks). Blocks from this rank to
+    itself are copied. Returns when the blocks can be read (NCCL: the current stream waits,
+    no host synchronisation)."""
+    me = rank(group)
+    own_out = [t for p, t in recvs if p == me and t.numel()]
+    own_in = [t for p, t in sends if p == me and t.numel()]
+    if len(own_out) != len(own_in):
+        raise ValueError(f"exchange_blocks: {len(own_in)} blocks to self, {len(own_out)} from")
+    for out, src in zip(own_out, own_in):
+        if out.data_ptr() != src.data_ptr():
+            out.copy_(src)
+    ops = [dist.P2POp(dist.isend, t.contiguous(), _global(p, group), group)
+           for p, t in sends if p != me and t.numel()]
+    ops += [dist.P2POp(dist.irecv, t, _global(p, group), group)
+            for p, t in recvs if p != me and t.numel()]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
 
 
 def all_gather_sizes(n: int, device: torch.device, group: Group = None) -> list[int]:

@@ -25,6 +25,15 @@ Keys outside their slot's range (whole table on one rank: outside the table) are
 update) runs wherever the fused kernels do not (CPU / gloo, other optimizers); both send the
 same messages.
 
+Opt-in (``TERAREC_SLOT_MAJOR_EXCHANGE=1``, no replicated slots): the slot-major layout. Keys
+travel per owner as ``[slot][sample]``; the owner's vectors come back as point-to-point blocks
+(:func:`~terarec.distributed.comm.exchange_blocks`) straight into a ``[slot_num, b, dim]``
+buffer that the forward returns as its ``[b, slot_num, dim]`` view (the Triton interaction reads
+it in place and writes its gradient in the same layout), so the gather of the received vectors
+into (sample, slot) order and the gather of the gradients into send order disappear; the
+gradients go to the owners as the same blocks. In a world of one (``TERAREC_EXCHANGE_AT_ONE_RANK``)
+the owner's lookup writes that buffer itself.
+
 Opt-in (``TERAREC_REPLICATE_SLOT_ROWS=<max rows>``): the slots with at most that many rows are
 replicated on every rank (:class:`~terarec.distributed.slot_replica.SlotReplica`, for rules
 whose zero-gradient step is a no-op); the all-to-alls then carry only the other slots and the
@@ -33,6 +42,7 @@ replicated slots' gradients go through one dense all-reduce.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -47,6 +57,13 @@ from terarec.sparse import SparseInput
 
 if TYPE_CHECKING:
     from terarec.distributed.table_wise import TableWiseTable
+
+SLOT_MAJOR_ENV = "TERAREC_SLOT_MAJOR_EXCHANGE"
+
+
+def slot_major_enabled() -> bool:
+    """``TERAREC_SLOT_MAJOR_EXCHANGE`` set to anything but ``0`` (see module docstring)."""
+    return os.environ.get(SLOT_MAJOR_ENV, "0").strip() not in ("", "0")
 
 
 class _Step:
@@ -132,6 +149,8 @@ class SlotExchange:
         self._oob: torch.Tensor | None = None
         self._steps = 0
         self._pending: tuple[overlap.InputKey, comm.PendingRows] | None = None
+        # the slot-major layout (opt-in; the replicated slots keep the sample-major one)
+        self.slot_major = slot_major_enabled() and self.replica is None
 
     # ------------------------------------------------------------------ eligibility
     @staticmethod
@@ -173,14 +192,18 @@ class SlotExchange:
 
     # ------------------------------------------------------------------ static layout
     def _send_index(self, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat (sample, slot) positions in send order (by owner, then sample, then slot) and
-        its inverse (send position of every flat position)."""
+        """Flat (sample, slot) positions in send order (by owner, then sample, then slot; slot-
+        major: by owner, then slot, then sample) and its inverse (send position of every flat
+        position)."""
         got = self._index.get(b)
         if got is None:
             base = torch.arange(b, dtype=torch.int64, device=device).unsqueeze(1) * self.slot_num
             groups = [*self.slots_of, self.replica.slots if self.replica is not None else []]
-            parts = [(base + torch.tensor(s, dtype=torch.int64, device=device)).reshape(-1)
-                     for s in groups if s]
+            if self.slot_major:  # by owner, then slot, then sample
+                base = base.reshape(1, -1)
+            parts = [(base + torch.tensor(s, dtype=torch.int64, device=device).reshape(
+                -1 if self.slot_major else 1, 1 if self.slot_major else -1)).reshape(-1)
+                for s in groups if s]
             idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64,
                                                              device=device)
             inverse = torch.empty_like(idx)
@@ -211,14 +234,21 @@ class SlotExchange:
                                                   device=self.table.device)
         return got
 
-    def _layout(self, n: int) -> _Layout:
-        """Per-position slot data of ``n`` received keys (sample-major over my slots)."""
-        got = self._layouts.get(n)
+    def _layout(self, n: int, sizes: tuple[int, ...]) -> _Layout:
+        """Per-position slot data of ``n`` received keys (from each rank ``r``, its ``sizes[r]``
+        samples over my slots: sample-major, or slot-major in the slot-major layout)."""
+        key = (n, sizes) if self.slot_major else n
+        got = self._layouts.get(key)
         if got is None:
-            cols = self._arange(n) % max(1, int(self.mine.numel()))
+            k = max(1, int(self.mine.numel()))
+            if self.slot_major:
+                cols = torch.cat([self._arange(k).repeat_interleave(b) for b in sizes]) \
+                    if n else self._arange(0)
+            else:
+                cols = self._arange(n) % k
             lo = self.starts[cols]
-            got = self._layouts[n] = _Layout(self.mine[cols], lo, lo + self.sizes[cols],
-                                             self.bases[cols] - lo)
+            got = self._layouts[key] = _Layout(self.mine[cols], lo, lo + self.sizes[cols],
+                                               self.bases[cols] - lo)
         return got
 
     # ------------------------------------------------------------------ phases
@@ -240,6 +270,8 @@ class SlotExchange:
             anchor = torch.empty(0, device=table.device, requires_grad=True)
             out = _ExchangeFn.apply(anchor, self, step, keys)
         self.count_step()
+        if self.slot_major:  # the [slot_num, b, dim] buffer seen as [b, slot_num, dim]
+            return out.view(self.slot_num, b, self.dim).permute(1, 0, 2)
         return out.view(b, self.slot_num, self.dim)
 
     # ------------------------------------------------------------------ overlap
@@ -294,10 +326,53 @@ class SlotExchange:
             recv_keys = comm.all_to_all_rows(keys.index_select(0, send_idx), send_c, recv_c,
                                              self.group)
         vectors = self._lookup(step, recv_keys)
+        if self.slot_major:
+            return self._vectors_to_slots(step, vectors)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
         if rep_vec is not None:
             back = torch.cat([back, rep_vec.to(back.dtype)])
         return self._gather_rows(back, step.inverse)  # back in (sample, slot) order
+
+    def _blocks(self, step: _Step, buf: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """The owner's ``[rank][my slot][sample]`` rows of ``buf``, one ``[b_r, dim]`` block per
+        (rank, slot), in that order."""
+        k = int(self.mine.numel())
+        out, pos = [], 0
+        for r, b in enumerate(step.sizes):
+            for _ in range(k):
+                out.append((r, buf[pos:pos + b]))
+                pos += b
+        return out
+
+    def _slot_blocks(self, step: _Step, buf: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """This rank's ``[slot_num, b, dim]`` buffer as one ``[b, dim]`` block per (owner,
+        owner's slot), in that order."""
+        return [(p, buf[s]) for p, slots in enumerate(self.slots_of) for s in slots]
+
+    def _vectors_to_slots(self, step: _Step, vectors: torch.Tensor) -> torch.Tensor:
+        """Slot-major: every owner's vectors into this rank's ``[slot_num * b, dim]`` buffer."""
+        if self.world == 1:  # my lookup is that buffer
+            return vectors
+        out = vectors.new_empty((self.slot_num, step.batch, self.dim))
+        comm.exchange_blocks(self._blocks(step, vectors), self._slot_blocks(step, out),
+                             self.group)
+        return out.view(-1, self.dim)
+
+    def _grads_to_owners(self, step: _Step, grad: torch.Tensor) -> torch.Tensor:
+        """Slot-major: the ``[slot_num * b, dim]`` gradient's blocks to their owners; returns
+        what this rank owns, ``[rank][my slot][sample]`` (each sender's share scaled by
+        ``b_r / total`` for uneven batch sizes)."""
+        grad = grad.reshape(self.slot_num, step.batch, self.dim)  # no copy from the kernel
+        if self.world == 1:
+            return grad.reshape(-1, self.dim)
+        got = grad.new_empty((sum(step.sizes) * int(self.mine.numel()), self.dim))
+        blocks = self._blocks(step, got)
+        comm.exchange_blocks(self._slot_blocks(step, grad), blocks, self.group)
+        total = sum(step.sizes)
+        if len(set(step.sizes)) != 1:
+            for r, block in blocks:
+                block.mul_(step.sizes[r] / total if total else 0.0)
+        return got
 
     def _wire_dtype(self) -> torch.dtype:
         return fast_path._out_dtype(self.table.device)
@@ -308,9 +383,9 @@ class SlotExchange:
         dtype = self._wire_dtype()
         if shard is None or recv_keys.numel() == 0:
             return torch.zeros(0, self.dim, dtype=dtype, device=self.table.device)
-        rows = self._rows(recv_keys)  # range check (on the host: raises at once)
+        rows = self._rows(recv_keys, step.sizes)  # range check (on the host: raises at once)
         if not step.fast:
-            slots = self._layout(recv_keys.numel()).slots
+            slots = self._layout(recv_keys.numel(), step.sizes).slots
             step.rows = shard.insert_keys(recv_keys, slots=slots)
             return shard.weight[step.rows].to(dtype)
         if not getattr(shard, "_fast_ready", False):
@@ -322,9 +397,9 @@ class SlotExchange:
         return pooled_lookup(shard.weight, step.rows, self._arange(recv_keys.numel() + 1), False,
                              dtype, hotness=1)
 
-    def _rows(self, keys: torch.Tensor) -> torch.Tensor:
-        """Local rows of keys of my slots (received sample-major), range checked."""
-        lay = self._layout(keys.numel())
+    def _rows(self, keys: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        """Local rows of the received keys of my slots, range checked."""
+        lay = self._layout(keys.numel(), sizes)
         self._flag(((keys < lay.lo) | (keys >= lay.hi)).any())
         rows = keys + lay.shift
         return rows.clamp_(0, self.table.shard.weight.shape[0] - 1)  # type: ignore[union-attr]
@@ -353,6 +428,10 @@ class SlotExchange:
         send_c, recv_c = self._counts(step)
         total = sum(step.sizes)
         uniform = len(set(step.sizes)) == 1
+        if self.slot_major:
+            got = self._grads_to_owners(step, grad_out)
+            self._update(step, got, 1.0 / self.world if uniform else 1.0)
+            return
         send = self._gather_rows(grad_out.reshape(-1, self.dim), step.index)
         rep_grad = None
         if self.replica is not None:

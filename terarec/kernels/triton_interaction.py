@@ -11,6 +11,9 @@ next block's loads in flight.
 Backward (one sample per program, 2-D tiles): dX = (G + G^T) X with G the lower-triangular
 gradient matrix gathered from the output gradient, again one ``tl.dot``; row 0 adds the
 pass-through dense gradient.
+The embedding input may be any ``[B, S, E]`` layout whose vectors are unit-stride rows (the
+slot exchange's slot-major ``[S, B, E]`` buffer seen as ``[B, S, E]``); its gradient is written
+in the same layout.
 
 Imported only through :mod:`terarec.kernels.select` (needs Triton).
 """
@@ -42,15 +45,16 @@ BWD_ROW0_STORE = False
 
 
 @triton.jit
-def _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask):
-    """X tiles ``[SPP, NP, BLOCK_E]`` of samples ``b`` (rows past S and samples past B: 0)."""
+def _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask, sb, ss):
+    """X tiles ``[SPP, NP, BLOCK_E]`` of samples ``b`` (rows past S and samples past B: 0);
+    embedding vector ``(b, s)`` at ``emb_ptr + b * sb + s * ss``."""
     bb = b[:, None, None]
     ii = i[None, :, None]
     ee = e[None, None, :]
     live = (bb < B) & emask[None, None, :]
     is_e = (ii >= 1) & (ii <= S)
     xd = tl.load(dense_ptr + bb * E + ee + 0 * ii, mask=live & (ii == 0), other=0.0)
-    xe = tl.load(emb_ptr + bb * S * E + (ii - 1) * E + ee, mask=live & is_e, other=0.0)
+    xe = tl.load(emb_ptr + bb * sb + (ii - 1).to(tl.int64) * ss + ee, mask=live & is_e, other=0.0)
     return xd + xe
 
 
@@ -66,9 +70,9 @@ def _gram(a, bt, IEEE: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask,
+def _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask, sb, ss,
                IEEE: tl.constexpr, INTERP: tl.constexpr):
-    x = _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask)
+    x = _load_x(dense_ptr, emb_ptr, b, B, S, E, i, e, emask, sb, ss)
     z = _gram(x, tl.permute(x, (0, 2, 1)), IEEE=IEEE, INTERP=INTERP)
     bm = b < B
     row = out_ptr + b * out_cols
@@ -84,7 +88,7 @@ def _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask,
 
 
 @triton.jit
-def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, B, S, E, out_cols, SPP: tl.constexpr,
+def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, B, S, E, out_cols, sb, ss, SPP: tl.constexpr,
                 NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
                 INTERP: tl.constexpr, STAGES: tl.constexpr):
     """Blocks of SPP samples, program p taking blocks p, p + P, ... (P programs)."""
@@ -96,32 +100,32 @@ def _fwd_kernel(dense_ptr, emb_ptr, out_ptr, B, S, E, out_cols, SPP: tl.constexp
         blk = tl.program_id(0)
         while blk < nblk:
             b = blk.to(tl.int64) * SPP + tl.arange(0, SPP)
-            _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask,
-                       IEEE=IEEE, INTERP=INTERP)
+            _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask, sb,
+                       ss, IEEE=IEEE, INTERP=INTERP)
             blk += tl.num_programs(0)
     else:
         for blk in tl.range(tl.program_id(0), nblk, tl.num_programs(0), num_stages=STAGES):
             b = blk.to(tl.int64) * SPP + tl.arange(0, SPP)
-            _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask,
-                       IEEE=IEEE, INTERP=INTERP)
+            _fwd_block(dense_ptr, emb_ptr, out_ptr, b, B, S, E, out_cols, i, e, emask, sb,
+                       ss, IEEE=IEEE, INTERP=INTERP)
 
 
 @triton.jit
-def _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask):
+def _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask, sb, ss):
     is_d = i == 0
     is_e = (i >= 1) & (i <= S)
     xd = tl.load(dense_ptr + b * E + e[None, :] + 0 * i[:, None],
                  mask=is_d[:, None] & emask[None, :], other=0.0)
-    xe = tl.load(emb_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
+    xe = tl.load(emb_ptr + b * sb + (i - 1).to(tl.int64)[:, None] * ss + e[None, :],
                  mask=is_e[:, None] & emask[None, :], other=0.0)
     return xd + xe, is_e
 
 
 @triton.jit
-def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e, emask,
-             IEEE: tl.constexpr, INTERP: tl.constexpr, ROW0_STORE: tl.constexpr):
-    """Sample ``b`` on 2-D tiles."""
-    x, is_e = _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask)
+def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e, emask, sb,
+             ss, IEEE: tl.constexpr, INTERP: tl.constexpr, ROW0_STORE: tl.constexpr):
+    """Sample ``b`` on 2-D tiles (the embedding gradient in the embedding input's layout)."""
+    x, is_e = _load_x_one(dense_ptr, emb_ptr, b, S, E, i, e, emask, sb, ss)
     ii = i[:, None]
     jj = i[None, :]
     lower = (jj < ii) & (ii <= S)
@@ -143,12 +147,12 @@ def _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e
         d0 = tl.sum(tl.where(ii == 0, dx, 0.0), axis=0)
         d0 += tl.load(row + e, mask=emask, other=0.0).to(tl.float32)
         tl.store(dd_ptr + b * E + e, d0.to(dd_ptr.dtype.element_ty), mask=emask)
-    tl.store(de_ptr + b * S * E + (i - 1)[:, None] * E + e[None, :],
+    tl.store(de_ptr + b * sb + (i - 1).to(tl.int64)[:, None] * ss + e[None, :],
              dx.to(de_ptr.dtype.element_ty), mask=is_e[:, None] & emask[None, :])
 
 
 @triton.jit
-def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
+def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols, sb, ss,
                 NP: tl.constexpr, BLOCK_E: tl.constexpr, IEEE: tl.constexpr,
                 INTERP: tl.constexpr, STAGES: tl.constexpr, ROW0_STORE: tl.constexpr):
     """One sample at a time (2-D tiles), program p taking samples p, p + P, ..."""
@@ -159,12 +163,13 @@ def _bwd_kernel(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, B, S, E, out_cols,
         b = tl.program_id(0).to(tl.int64)
         while b < B:
             _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b, S, E, out_cols, i, e,
-                     emask, IEEE=IEEE, INTERP=INTERP, ROW0_STORE=ROW0_STORE)
+                     emask, sb, ss, IEEE=IEEE, INTERP=INTERP, ROW0_STORE=ROW0_STORE)
             b += tl.num_programs(0)
     else:
         for b in tl.range(tl.program_id(0), B, tl.num_programs(0), num_stages=STAGES):
             _bwd_one(go_ptr, dense_ptr, emb_ptr, dd_ptr, de_ptr, b.to(tl.int64), S, E,
-                     out_cols, i, e, emask, IEEE=IEEE, INTERP=INTERP, ROW0_STORE=ROW0_STORE)
+                     out_cols, i, e, emask, sb, ss, IEEE=IEEE, INTERP=INTERP,
+                     ROW0_STORE=ROW0_STORE)
 
 
 def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -177,6 +182,26 @@ def _shape(dense: torch.Tensor, emb: torch.Tensor) -> tuple[int, int, int, int, 
     s = emb.shape[1]
     n = s + 1
     return b, s, e, max(16, triton.next_power_of_2(n)), max(16, triton.next_power_of_2(e))
+
+
+def _rows_layout(emb: torch.Tensor) -> torch.Tensor:
+    """``emb`` itself when its vectors are rows of unit stride with non-negative, non-
+    overlapping sample / slot strides (``[B, S, E]`` contiguous, or the ``[S, B, E]`` buffer of
+    the slot exchange seen as ``[B, S, E]``), else a contiguous copy."""
+    if emb.stride(2) != 1 and emb.shape[2] > 1:
+        return emb.contiguous()
+    reach = 1  # each dimension's stride covers the ones inside it: no element read twice
+    for d in sorted(range(3), key=lambda d: (emb.stride(d), d != 2)):
+        if emb.shape[d] > 1:
+            if emb.stride(d) < reach:
+                return emb.contiguous()
+            reach = emb.stride(d) * emb.shape[d]
+    return emb
+
+
+def _like(emb: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of ``emb``'s shape and dtype laid out as ``emb`` (its gradient)."""
+    return torch.empty_strided(emb.shape, emb.stride(), dtype=emb.dtype, device=emb.device)
 
 
 def _launch(dtype: torch.dtype, spp: int | None, warps: int | None,
@@ -209,9 +234,11 @@ def interaction_forward(dense: torch.Tensor, emb: torch.Tensor, *, spp: int | No
     out = C.new_empty((b, cols), dense.dtype, dense.device)
     spp, warps, persist = _launch(dense.dtype, spp, warps, persist)
     if b:
+        emb = _rows_layout(emb)
         grid, stages = _grid(b, spp, dense.device, persist)
         _fwd_kernel[grid](
-            dense.contiguous(), emb.contiguous(), out, b, s, e, cols, SPP=spp, NP=np_,
+            dense.contiguous(), emb, out, b, s, e, cols, emb.stride(0), emb.stride(1),
+            SPP=spp, NP=np_,
             BLOCK_E=be, IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
             STAGES=stages, num_warps=warps)
     return out
@@ -227,13 +254,14 @@ def interaction_backward(grad_out: torch.Tensor, dense: torch.Tensor, emb: torch
     if grad_out.shape != (b, cols):
         raise ValueError(f"grad_out: expected [{b}, {cols}]. Received: {tuple(grad_out.shape)}")
     d_dense = C.new_empty((b, e), dense.dtype, dense.device)
-    d_emb = C.new_empty((b, s, e), emb.dtype, emb.device)
+    emb = _rows_layout(emb)
+    d_emb = _like(emb)
     fast = dense.dtype != torch.float32 and not C.interpreting()
     warps_d, per_sm, stages = BWD_LAUNCH if fast else (4, 0, 1)
     if b:
         grid, stages = _grid(b, 1, dense.device, persist or (per_sm, stages))
-        _bwd_kernel[grid](grad_out.contiguous(), dense.contiguous(), emb.contiguous(), d_dense,
-                          d_emb, b, s, e, cols, NP=np_, BLOCK_E=be,
+        _bwd_kernel[grid](grad_out.contiguous(), dense.contiguous(), emb, d_dense, d_emb, b, s,
+                          e, cols, emb.stride(0), emb.stride(1), NP=np_, BLOCK_E=be,
                           IEEE=dense.dtype == torch.float32, INTERP=C.interpreting(),
                           STAGES=stages, ROW0_STORE=BWD_ROW0_STORE, num_warps=warps or warps_d)
     return d_dense, d_emb

@@ -59,8 +59,8 @@ class Interaction(Layer):
         if _use_kernel(mlp, emb):
             from terarec.kernels import interaction
 
-            return interaction(mlp.to(torch.bfloat16).contiguous(),
-                               emb.to(torch.bfloat16).contiguous())
+            # any layout of emb's vectors (the slot exchange's slot-major buffer included)
+            return interaction(mlp.to(torch.bfloat16).contiguous(), emb.to(torch.bfloat16))
         vecs = torch.cat([mlp.unsqueeze(1), emb], dim=1)  # (B, S+1, E)
         gram = torch.bmm(vecs, vecs.transpose(1, 2))  # (B, S+1, S+1)
         pairs = gram[:, self._rows, self._cols]  # (B, S(S+1)/2)

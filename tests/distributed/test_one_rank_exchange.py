@@ -6,6 +6,7 @@ shortcut, and trains exactly as one process does.
   one-hot: the fixed-size slot exchange on every step), with the next batch's keys issued ahead
   (``TERAREC_OVERLAP_INPUT_DIST``) and without: the same losses, AUC, dense weights and table
   as the one-process run, and the all-to-alls were really taken.
+* The one-hot table in the slot-major layout (``TERAREC_SLOT_MAJOR_EXCHANGE``) too.
 * Marked ``gpu``: the same on one GPU over NCCL (the NCCL code paths on a one-GPU machine).
 """
 
@@ -36,6 +37,9 @@ def one_rank(rank: int, world: int, data: dict[str, Any]) -> dict[str, Any]:
             events.clear()
             out[f"{kind}/{switch}"] = model_epochs(data, kind, events)
             out[f"{kind}/{switch}/events"] = _steps(events, rows=True)
+    os.environ["TERAREC_SLOT_MAJOR_EXCHANGE"] = "1"  # the owner's lookup is the output buffer
+    out["onehot/slot_major"] = model_epochs(data, "onehot", [])
+    os.environ["TERAREC_SLOT_MAJOR_EXCHANGE"] = "0"
     return out
 
 
@@ -57,6 +61,10 @@ def _check(results: list[dict[str, Any]], refs: dict[str, Any], tol: float) -> N
                 (where, events)
             if kind == "onehot":  # every train step and the evaluation: the fixed exchange
                 assert got["fixed_steps"] == len(ref["losses"]) + 1, where
+    got, ref = res["value"]["onehot/slot_major"], refs["onehot"]
+    np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg="slot-major")
+    assert_same_table(got["table"], ref["table"], "slot-major", tol)
+    assert got["fixed_steps"] == len(ref["losses"]) + 1
     assert refs["onehot"]["fixed_steps"] == 0  # the one-process run took no exchange
 
 

@@ -79,3 +79,28 @@ def test_interaction_block_walk(dev: torch.device) -> None:
         assert all(rel_err(a, b) < 2e-2 for a, b in zip(got_b, want_b))
     finally:
         t.BWD_ROW0_STORE = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interaction_slot_major_input(dev: torch.device, dtype: torch.dtype) -> None:
+    """The slot exchange's ``[S, B, E]`` buffer seen as ``[B, S, E]`` (a permuted view) is read
+    in place: the same outputs as its contiguous copy, and the embedding gradient comes back in
+    the input's layout (slot-major: the exchange sends it without a gather)."""
+    gen = torch.Generator().manual_seed(11)
+    b, s, e = 5, 7, 32
+    dense = torch.randn(b, e, generator=gen).to(dtype).to(dev)
+    buf = torch.randn(s, b, e, generator=gen).to(dtype).to(dev)
+    emb = buf.permute(1, 0, 2)
+    go = torch.randn(b, e + (s + 1) * s // 2 + 1, generator=gen).to(dtype).to(dev)
+    want = K.interaction_forward(dense, emb.contiguous())
+    assert rel_err(K.interaction_forward(dense, emb), want) < 1e-6
+    want_d, want_e = K.interaction_backward(go, dense, emb.contiguous())
+    got_d, got_e = K.interaction_backward(go, dense, emb)
+    assert rel_err(got_d, want_d) < 1e-6 and rel_err(got_e, want_e) < 1e-6
+    if K.backend_for(dense) == "triton":  # written in place of the slot-major buffer
+        assert got_e.stride() == emb.stride()
+    leaf = buf.clone().requires_grad_()
+    K.interaction(dense, leaf.permute(1, 0, 2)).float().square().sum().backward()
+    ref = buf.clone().requires_grad_()
+    K.interaction(dense, ref.permute(1, 0, 2).contiguous()).float().square().sum().backward()
+    assert rel_err(leaf.grad, ref.grad) < 1e-6
