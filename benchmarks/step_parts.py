@@ -124,13 +124,11 @@ def train(steps: int) -> None:
     script = str(Path(__file__).with_name("train_throughput.py"))
     # Module constants per run ("module.NAME": value); the first run of a process pays one-time
     # costs, so the defaults run first and last.
-    combos: list[dict] = [{}, {"mlp.FUSED_DGRAD": False}, {"mlp.FUSED_DGRAD_OUTER_MAX": 0},
-                          {"mlp.CAST_IN_ONE": False},
-                          {"interaction.BWD_LAUNCH": (4, 0, 1)},
+    combos: list[dict] = [{}, {"mlp.WGRAD_SIDE_STREAM": True},
                           {"interaction.BWD_ROW0_STORE": True},
-                          {"grad.CHUNKS_PER_PROGRAM": 2}, {"grad.CHUNKS_PER_PROGRAM": 8},
-                          {"grad.CHUNK_STAGES": 2}, {"grad.CHUNK_WARPS": 2},
-                          {"grad.CHUNK_WARPS": 4}, {}]
+                          {"grad.CHUNKS_PER_PROGRAM": 8}, {"mlp.WGRAD_SIDE_STREAM": True},
+                          {"mlp.WGRAD_SIDE_STREAM": True, "interaction.BWD_ROW0_STORE": True},
+                          {}]
     timings: list[tuple[dict, float]] = []
     for combo in combos:
         saved = {}

@@ -115,13 +115,19 @@ class MLP(Layer):
         with torch.autocast("cuda", enabled=False):
             x = x.to(dt)
             order = list(self._order)  # w_0, [b_0], w_1, ... (HugeCTR's file order)
+            side = None
             if CAST_IN_ONE and any(p.dtype != dt for p in order):
-                order = list(_CastAll.apply(dt, *order))
+                side = _side_stream(x.device) if WGRAD_SIDE_STREAM else None
+                order = _cast_all(dt, order, side)
             else:
                 order = [p.to(dt) for p in order]
             params = [p.view(-1) if is_bias else p for p, is_bias in zip(order, self._is_bias)]
+            w0 = params[0]
             x, params[0] = _aligned_k(x, params[0])
-            spec = tuple((a == "Relu", b) for a, b in zip(self.acts, self.use_biases))
+            # a weight's gradient may be made on the side stream where its consumer (the
+            # cast's backward) runs there: every weight but a padded first one
+            spec = tuple((a == "Relu", b, side is not None and (i > 0 or params[0] is w0))
+                         for i, (a, b) in enumerate(zip(self.acts, self.use_biases)))
             return _LinearChain.apply(x, spec, *params)
 
     def dense_weights(self) -> list[torch.Tensor]:
@@ -198,6 +204,38 @@ FUSED_DGRAD_OUTER_MAX = 8
 CAST_IN_ONE = True
 
 
+# The weight gradients of the fused chain (bf16 autocast with CAST_IN_ONE) made on a side
+# stream, next to the dgrad chain and what follows it on the main stream (the interaction
+# backward, the sparse backward: memory-bound work; on several GPUs the gradient exchange).
+# The parameter casts run on that stream too, so their backward and the gradients'
+# accumulation wait only for it; autograd joins it at the end of the backward pass.
+WGRAD_SIDE_STREAM = False
+_SIDE: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    got = _SIDE.get(device)
+    if got is None:
+        got = _SIDE[device] = torch.cuda.Stream(device)
+    return got
+
+
+def _cast_all(dtype: torch.dtype, params: list[torch.Tensor],
+              side: torch.cuda.Stream | None) -> list[torch.Tensor]:
+    """``_CastAll`` on the current stream, or on ``side`` (forked from and joined back to the
+    current stream; the casts are kept alive for the current stream's uses)."""
+    if side is None:
+        return list(_CastAll.apply(dtype, *params))
+    main = torch.cuda.current_stream(params[0].device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = list(_CastAll.apply(dtype, *params))
+    main.wait_stream(side)
+    for t in out:
+        t.record_stream(main)
+    return out
+
+
 class _CastAll(torch.autograd.Function):
     """``[p.to(dtype) for p in params]`` as one ``_foreach_copy_`` each way."""
 
@@ -226,15 +264,15 @@ class _LinearChain(torch.autograd.Function):
     (and ReLU) in the epilogue; the backward walks the layers top-down by hand, so the ReLU
     mask and bias gradient of a layer come from the GEMM that makes its gradient.
 
-    ``spec``: (relu, has_bias) per layer; ``params``: w_0, [b_0], w_1, [b_1], ... with
-    w_i (in, out) and b_i (out,), all in ``x``'s dtype.
+    ``spec``: (relu, has_bias, wgrad on the side stream) per layer; ``params``: w_0, [b_0],
+    w_1, [b_1], ... with w_i (in, out) and b_i (out,), all in ``x``'s dtype.
     """
 
     @staticmethod
     def forward(ctx, x, spec, *params):  # noqa: ANN001, ANN205
         outs, where = [], []  # layer outputs; index of w_i in params
         h, p = x, 0
-        for relu, has_bias in spec:
+        for relu, has_bias, _ in spec:
             w = params[p]
             if has_bias:
                 b = params[p + 1]
@@ -256,17 +294,18 @@ class _LinearChain(torch.autograd.Function):
         x, n_params = saved[0], len(ctx.needs_input_grad) - 2
         params, outs = saved[1:1 + n_params], saved[1 + n_params:]
         grads: list[torch.Tensor | None] = [None] * n_params
-        g, db = _activation_grad(grad.contiguous(), outs[-1], *spec[-1])
+        g, db = _activation_grad(grad.contiguous(), outs[-1], *spec[-1][:2])
         for i in reversed(range(len(spec))):
             w = params[where[i]]
             if spec[i][1]:
                 grads[where[i] + 1] = db
             if ctx.needs_input_grad[2 + where[i]]:
-                grads[where[i]] = (x if i == 0 else outs[i - 1]).t().mm(g)
+                act = x if i == 0 else outs[i - 1]
+                grads[where[i]] = _wgrad(act, g, spec[i][2])
             if i == 0:
                 dx = g.mm(w.t()) if ctx.needs_input_grad[0] else None
                 return (dx, None, *grads)
-            relu, has_bias = spec[i - 1]
+            relu, has_bias, _ = spec[i - 1]
             width = g.shape[1]
             if FUSED_DGRAD and relu and has_bias and g.element_size() == 2 and _fused_ok(g) \
                     and (width >= FUSED_DGRAD_MIN_WIDTH or width <= FUSED_DGRAD_OUTER_MAX):
@@ -276,6 +315,20 @@ class _LinearChain(torch.autograd.Function):
             else:
                 g, db = _activation_grad(g.mm(w.t()), outs[i - 1], relu, has_bias)
         raise AssertionError("unreachable: the loop returns at layer 0")
+
+
+def _wgrad(act: torch.Tensor, g: torch.Tensor, on_side: bool) -> torch.Tensor:
+    """``act^T g``; ``on_side``: on the side stream, after what the current stream has
+    queued (both inputs kept alive for it)."""
+    if not on_side:
+        return act.t().mm(g)
+    side = _side_stream(g.device)
+    side.wait_stream(torch.cuda.current_stream(g.device))
+    with torch.cuda.stream(side):
+        out = act.t().mm(g)
+    act.record_stream(side)
+    g.record_stream(side)
+    return out
 
 
 def _activation_grad(grad: torch.Tensor, y: torch.Tensor, relu: bool,

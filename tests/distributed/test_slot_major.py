@@ -114,3 +114,26 @@ def test_slot_major_model_equals_one_process(epoch_data, world: int) -> None:
                 np.testing.assert_allclose(a, b, atol=TOL, err_msg=where)
             assert_same_table(got["table"], ref["table"], where)
             assert got["fixed_steps"] == len(ref["losses"]) + 1, where
+
+
+def _nccl_rank(rank: int, world: int, opt: str, update: str) -> dict:
+    os.environ["TERAREC_SLOT_MAJOR_EXCHANGE"] = "1"
+    return sc.sharded(rank, world, "slot_wise", opt, update, device=f"cuda:{rank}",
+                      onehot=True, tag=True)
+
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize(("opt", "update"), [("SGD", "Global"), ("Adam", "Local")])
+def test_nccl_two_gpus_slot_major(opt: str, update: str) -> None:
+    """The point-to-point blocks over NCCL (fused kernels on the GPUs): one process's run."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2+ CUDA GPUs")
+    ref = sc.reference(opt, update, onehot=True)
+    for r, res in enumerate(run_ranks(_nccl_rank, 2, opt, update, backend="nccl",
+                                      timeout=300)):
+        got = res["value"]
+        where = f"nccl rank {r}, {opt}"
+        assert got["fixed_steps"]["a"] == len(sc.BATCHES), where
+        np.testing.assert_allclose(got["losses"], ref["losses"], atol=1e-4, err_msg=where)
+        for name in "abc":
+            assert_same_table(got["tables"][name], ref["tables"][name], f"{where} {name}", 1e-4)

@@ -39,12 +39,12 @@ def _params(widths: list[int], acts: list[str], biases: list[bool], k: int,
         if has_bias:
             params.append((torch.randn(w, generator=gen) * 0.1).to(dtype))
         k = w
-    return params, tuple((a == "Relu", b) for a, b in zip(acts, biases))
+    return params, tuple((a == "Relu", b, False) for a, b in zip(acts, biases))
 
 
 def _plain(x: torch.Tensor, spec, params):  # noqa: ANN001, ANN202
     p = 0
-    for relu, has_bias in spec:
+    for relu, has_bias, _ in spec:
         x = x.mm(params[p])
         if has_bias:
             x = x + params[p + 1]
@@ -153,3 +153,72 @@ def test_cast_all_matches_per_tensor_casts() -> None:
     assert got_g[1] is None and ref_g[1] is None
     for a, b in ((got_g[0], ref_g[0]), (got_g[2], ref_g[2])):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def _two_mlps() -> tuple[torch.nn.Module, torch.nn.Module]:
+    bottom = build_layer("MLP", {"num_outputs": [512, 256, 128], "activations": ["Relu"] * 3,
+                                 "biases": [True] * 3}, [(8, 13)], name="b",
+                         generator=torch.Generator().manual_seed(2)).cuda()
+    top = build_layer("MLP", {"num_outputs": [1024, 512, 1], "activations": ["Relu"] * 2
+                              + ["Non"], "biases": [True] * 3}, [(8, 128)], name="t",
+                      generator=torch.Generator().manual_seed(3)).cuda()
+    return bottom, top
+
+
+def _step(bottom, top, x, gy):  # noqa: ANN001, ANN202
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = top(bottom(x))
+    (y.float() * gy).sum().backward()
+    return y
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_wgrad_side_stream_equals_main_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WGRAD_SIDE_STREAM``: the weight gradients made on the side stream (the padded first
+    layer's on the main stream) equal the one-stream chain's, eagerly and replayed from a CUDA
+    graph that captured forward and backward (the side stream forked and joined inside it)."""
+    monkeypatch.setattr(mlp, "CAST_IN_ONE", True)
+    bottom, top = _two_mlps()
+    params = [*bottom.parameters(), *top.parameters()]
+    gen = torch.Generator().manual_seed(9)
+    xs = [torch.randn(4096, 13, generator=gen).cuda() for _ in range(2)]
+    gys = [torch.randn(4096, 1, generator=gen).cuda() for _ in range(2)]
+
+    def eager(side: bool, x, gy):  # noqa: ANN001, ANN202
+        monkeypatch.setattr(mlp, "WGRAD_SIDE_STREAM", side)
+        for p in params:
+            p.grad = None
+        y = _step(bottom, top, x, gy)
+        return [y.float().clone()] + [p.grad.clone() for p in params]
+
+    for x, gy in zip(xs, gys):
+        want, got = eager(False, x, gy), eager(True, x, gy)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), i
+    monkeypatch.setattr(mlp, "WGRAD_SIDE_STREAM", True)
+    sx, sgy = xs[0].clone(), gys[0].clone()
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm):
+        for _ in range(3):
+            for p in params:
+                p.grad = None
+            _step(bottom, top, sx, sgy)
+    torch.cuda.current_stream().wait_stream(warm)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sy = _step(bottom, top, sx, sgy)
+    static_grads = [p.grad for p in params]  # the graph's own gradient tensors
+    for x, gy in zip(xs, gys):
+        sx.copy_(x)
+        sgy.copy_(gy)
+        graph.replay()
+        torch.cuda.synchronize()
+        got = [sy.float().clone()] + [g.clone() for g in static_grads]
+        want = eager(False, x, gy)
+        monkeypatch.setattr(mlp, "WGRAD_SIDE_STREAM", True)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), ("graph", i)
