@@ -176,8 +176,9 @@ def _step(bottom, top, x, gy):  # noqa: ANN001, ANN202
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_wgrad_side_stream_equals_main_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """``WGRAD_SIDE_STREAM``: the weight gradients made on the side stream (the padded first
-    layer's on the main stream) equal the one-stream chain's, eagerly and replayed from a CUDA
-    graph that captured forward and backward (the side stream forked and joined inside it)."""
+    layer's on the main stream) equal the one-stream chain's (to a bf16 rounding where cuBLAS
+    picks another algorithm; a race would be far off), eagerly and replayed from a CUDA graph
+    that captured forward and backward (the side stream forked and joined inside it)."""
     monkeypatch.setattr(mlp, "CAST_IN_ONE", True)
     bottom, top = _two_mlps()
     params = [*bottom.parameters(), *top.parameters()]
@@ -192,10 +193,17 @@ def test_wgrad_side_stream_equals_main_stream(monkeypatch: pytest.MonkeyPatch) -
         y = _step(bottom, top, x, gy)
         return [y.float().clone()] + [p.grad.clone() for p in params]
 
+    def compare(got, want, where: str) -> None:  # noqa: ANN001
+        # bitwise where the same cuBLAS algorithm runs; a race would be far off
+        errs = [float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+                for a, b in zip(got, want)]
+        print(where, ["=" if torch.equal(a, b) else f"{e:.1e}"
+                      for a, b, e in zip(got, want, errs)])
+        assert max(errs) <= 1e-2, (where, errs)
+
     for x, gy in zip(xs, gys):
         want, got = eager(False, x, gy), eager(True, x, gy)
-        for i, (a, b) in enumerate(zip(got, want)):
-            assert torch.equal(a, b), i
+        compare(got, want, "eager")
     monkeypatch.setattr(mlp, "WGRAD_SIDE_STREAM", True)
     sx, sgy = xs[0].clone(), gys[0].clone()
     warm = torch.cuda.Stream()
@@ -220,5 +228,4 @@ def test_wgrad_side_stream_equals_main_stream(monkeypatch: pytest.MonkeyPatch) -
         got = [sy.float().clone()] + [g.clone() for g in static_grads]
         want = eager(False, x, gy)
         monkeypatch.setattr(mlp, "WGRAD_SIDE_STREAM", True)
-        for i, (a, b) in enumerate(zip(got, want)):
-            assert torch.equal(a, b), ("graph", i)
+        compare(got, want, "graph")
