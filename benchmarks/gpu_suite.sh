@@ -66,7 +66,8 @@ if [[ $what == dist ]]; then
   for v in TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768 \
            "TERAREC_OVERLAP_INPUT_DIST=1 TERAREC_REPLICATE_SLOT_ROWS=32768" \
            TERAREC_SLOT_MAJOR_EXCHANGE=1 "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1" \
-           "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_OVERLAP_INPUT_DIST=1"; do
+           "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_OVERLAP_INPUT_DIST=1" \
+           "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_REPLICATE_SLOT_ROWS=32768 TERAREC_DP_STEP_GRAPH=1"; do
     echo "== $v ($n GPUs)"
     env $v timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py \
       --steps 20 --warmup 5 > "$OUT/scaling_${n}_${v// /_}.txt" 2>&1
@@ -78,7 +79,8 @@ if [[ $what == exchange1 ]]; then
   for v in "TERAREC_EXCHANGE_AT_ONE_RANK=0" "TERAREC_EXCHANGE_AT_ONE_RANK=1" \
            "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_DP_STEP_GRAPH=1" \
            "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1" \
-           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1"; do
+           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1" \
+           "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1 TERAREC_REPLICATE_SLOT_ROWS=32768"; do
     i=$((i + 1)); echo "== $v"
     env $v timeout 100 torchrun --standalone --nproc-per-node 1 benchmarks/scaling.py \
       --steps 20 --warmup 5 --no-peer --results "$res" > "$OUT/exchange1_$i.txt" 2>&1

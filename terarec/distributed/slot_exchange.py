@@ -25,7 +25,7 @@ Keys outside their slot's range (whole table on one rank: outside the table) are
 update) runs wherever the fused kernels do not (CPU / gloo, other optimizers); both send the
 same messages.
 
-Opt-in (``TERAREC_SLOT_MAJOR_EXCHANGE=1``, no replicated slots): the slot-major layout. Keys
+Opt-in (``TERAREC_SLOT_MAJOR_EXCHANGE=1``): the slot-major layout. Keys
 travel per owner as ``[slot][sample]``; the owner's vectors come back as point-to-point blocks
 (:func:`~terarec.distributed.comm.exchange_blocks`) straight into a ``[slot_num, b, dim]``
 buffer that the forward returns as its ``[b, slot_num, dim]`` view (the Triton interaction reads
@@ -149,8 +149,8 @@ class SlotExchange:
         self._oob: torch.Tensor | None = None
         self._steps = 0
         self._pending: tuple[overlap.InputKey, comm.PendingRows] | None = None
-        # the slot-major layout (opt-in; the replicated slots keep the sample-major one)
-        self.slot_major = slot_major_enabled() and self.replica is None
+        self.slot_major = slot_major_enabled()  # opt-in layout (see module docstring)
+        self._rep_index: dict[torch.device, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ eligibility
     @staticmethod
@@ -316,7 +316,8 @@ class SlotExchange:
         send_idx = step.index[:n_send]
         rep_vec = None
         if self.replica is not None:  # replicated slots: local rows, no exchange
-            rows, bad = self.replica.rows_of(keys.index_select(0, step.index[n_send:]))
+            rows, bad = self.replica.rows_of(keys.index_select(0, step.index[n_send:]),
+                                             step.batch if self.slot_major else None)
             self._flag(bad)
             step.rep_rows = rows
             rep_vec = self.replica.lookup(rows, self._wire_dtype())
@@ -327,7 +328,7 @@ class SlotExchange:
                                              self.group)
         vectors = self._lookup(step, recv_keys)
         if self.slot_major:
-            return self._vectors_to_slots(step, vectors)
+            return self._vectors_to_slots(step, vectors, rep_vec)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
         if rep_vec is not None:
             back = torch.cat([back, rep_vec.to(back.dtype)])
@@ -349,21 +350,35 @@ class SlotExchange:
         owner's slot), in that order."""
         return [(p, buf[s]) for p, slots in enumerate(self.slots_of) for s in slots]
 
-    def _vectors_to_slots(self, step: _Step, vectors: torch.Tensor) -> torch.Tensor:
-        """Slot-major: every owner's vectors into this rank's ``[slot_num * b, dim]`` buffer."""
-        if self.world == 1:  # my lookup is that buffer
+    def _vectors_to_slots(self, step: _Step, vectors: torch.Tensor,
+                          rep_vec: torch.Tensor | None) -> torch.Tensor:
+        """Slot-major: every owner's vectors (and the replicated slots' own rows, ``[slot]
+        [sample]``) into this rank's ``[slot_num * b, dim]`` buffer."""
+        if self.world == 1 and rep_vec is None:  # my lookup is that buffer
             return vectors
         out = vectors.new_empty((self.slot_num, step.batch, self.dim))
         comm.exchange_blocks(self._blocks(step, vectors), self._slot_blocks(step, out),
                              self.group)
+        if rep_vec is not None:
+            out.view(self.slot_num, -1).index_copy_(
+                0, self._rep_slots(out.device), rep_vec.to(out.dtype).view(-1, out[0].numel()))
         return out.view(-1, self.dim)
+
+    def _rep_slots(self, device: torch.device) -> torch.Tensor:
+        """The replicated slots' numbers on ``device`` (made once: no copy inside a capture)."""
+        got = self._rep_index.get(device)
+        if got is None:
+            assert self.replica is not None  # noqa: S101 - callers check
+            got = self._rep_index[device] = torch.tensor(self.replica.slots, dtype=torch.int64,
+                                                         device=device)
+        return got
 
     def _grads_to_owners(self, step: _Step, grad: torch.Tensor) -> torch.Tensor:
         """Slot-major: the ``[slot_num * b, dim]`` gradient's blocks to their owners; returns
         what this rank owns, ``[rank][my slot][sample]`` (each sender's share scaled by
         ``b_r / total`` for uneven batch sizes)."""
         grad = grad.reshape(self.slot_num, step.batch, self.dim)  # no copy from the kernel
-        if self.world == 1:
+        if self.world == 1 and self.replica is None:
             return grad.reshape(-1, self.dim)
         got = grad.new_empty((sum(step.sizes) * int(self.mine.numel()), self.dim))
         blocks = self._blocks(step, got)
@@ -430,7 +445,14 @@ class SlotExchange:
         uniform = len(set(step.sizes)) == 1
         if self.slot_major:
             got = self._grads_to_owners(step, grad_out)
+            shard = self.table.shard
+            before = shard.optimizer.t if shard is not None else None
             self._update(step, got, 1.0 / self.world if uniform else 1.0)
+            if self.replica is not None:  # [slot][sample] rows, as rows_of read the keys
+                rep_grad = grad_out.reshape(self.slot_num, -1).index_select(
+                    0, self._rep_slots(grad_out.device)).view(-1, self.dim)
+                scale = 1.0 / self.world if uniform else (step.batch / total if total else 0.0)
+                self.replica.backward(step.rep_rows, rep_grad, scale, before)
             return
         send = self._gather_rows(grad_out.reshape(-1, self.dim), step.index)
         rep_grad = None

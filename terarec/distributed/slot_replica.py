@@ -169,11 +169,14 @@ class SlotReplica:
         self.stale = False
 
     # ------------------------------------------------------------------ phases
-    def rows_of(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replica rows of ``keys`` (sample-major over the replicated slots) and a bool that
-        any key is outside its slot's range."""
-        cols = torch.arange(keys.numel(), dtype=torch.int64, device=keys.device) \
-            % max(1, len(self.slots))
+    def rows_of(self, keys: torch.Tensor, slot_major_batch: int | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replica rows of ``keys`` (sample-major over the replicated slots, or slot-major
+        ``[slot][sample]`` for ``slot_major_batch`` samples) and a bool that any key is
+        outside its slot's range."""
+        pos = torch.arange(keys.numel(), dtype=torch.int64, device=keys.device)
+        cols = pos // max(1, slot_major_batch) if slot_major_batch is not None \
+            else pos % max(1, len(self.slots))
         lo = self.starts[cols]
         bad = ((keys < lo) | (keys >= lo + self.sizes[cols])).any()
         rows = (keys - lo + self.bases[cols]).clamp_(0, max(0, self.rows - 1))

@@ -110,14 +110,15 @@ def _collection(cfg: TableConfig, world: int, seed: int) -> Any:
 
 
 def _rank(rank: int, world: int, folder: str, opts: tuple[str, ...] = OPTS,
-          fused: bool = False) -> dict[str, Any]:
+          fused: bool = False, slot_major: bool = False) -> dict[str, Any]:
+    os.environ["TERAREC_SLOT_MAJOR_EXCHANGE"] = "1" if slot_major else "0"
     if fused:  # the fused-kernel twin through Triton's interpreter (TRITON_INTERPRET=1)
         from terarec.embedding import fast_path
         from terarec.kernels import use_triton
 
         fast_path.ALLOW_CPU = True
         with use_triton(True):
-            return _rank(rank, world, folder, opts)
+            return _rank(rank, world, folder, opts, slot_major=slot_major)
     from terarec.distributed import comm
     from terarec.distributed.checkpoint import load_shards, save_shards
     from terarec.distributed.data_parallel import DataParallel
@@ -181,6 +182,22 @@ def test_replicated_slots_equal_one_process(world: int, tmp_path) -> None:
     check(run_ranks(_rank, world, str(tmp_path), timeout=240), world, OPTS, False)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_replicated_slots_slot_major_equal_one_process(world: int, tmp_path) -> None:
+    """The same with the slot-major layout (``TERAREC_SLOT_MAJOR_EXCHANGE``): the replicated
+    slots' rows land in the slot-major buffer, their gradients leave it (one rank: every
+    block local)."""
+    opts = ("SGD", "Adam")
+    check(run_ranks(_slot_major_rank, world, str(tmp_path), opts, timeout=240), world, opts,
+          False, slot_major=True)
+
+
+def _slot_major_rank(rank: int, world: int, folder: str, opts: tuple[str, ...]) -> dict:
+    if world == 1:
+        os.environ["TERAREC_EXCHANGE_AT_ONE_RANK"] = "1"
+    return _rank(rank, world, folder, opts, slot_major=True)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_fused_twin_replicated_slots(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     if torch.cuda.is_available():
@@ -190,7 +207,8 @@ def test_fused_twin_replicated_slots(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     check(run_ranks(_rank, 2, str(tmp_path), opts, True, timeout=300), 2, opts, True)
 
 
-def check(results: list[dict], world: int, opts: tuple[str, ...], fused: bool) -> None:
+def check(results: list[dict], world: int, opts: tuple[str, ...], fused: bool,
+          slot_major: bool = False) -> None:
     refs = {opt: reference(opt) for opt in opts}
     for r, res in enumerate(results):
         for opt in opts:
@@ -205,11 +223,14 @@ def check(results: list[dict], world: int, opts: tuple[str, ...], fused: bool) -
             b = [hi - lo for n in BATCHES
                  for lo, hi in [(n * r // world, n * (r + 1) // world)]]
             sent = rep["sent"]
-            assert len(sent) == 3 * len(BATCHES), where
             want = [n * len(big) for n in b]
-            assert sent[0::3] == want and sent[2::3] == want, (where, sent, want)
-            mine = len(rep["slots_of"][r])  # vectors sent back by this owner
-            assert sent[1::3] == [n * mine for n in BATCHES], (where, sent)
+            if slot_major:  # rows all-to-all: the keys only (vectors, gradients: blocks)
+                assert sent == want, (where, sent, want)
+            else:
+                assert len(sent) == 3 * len(BATCHES), where
+                assert sent[0::3] == want and sent[2::3] == want, (where, sent, want)
+                mine = len(rep["slots_of"][r])  # vectors sent back by this owner
+                assert sent[1::3] == [n * mine for n in BATCHES], (where, sent)
             assert plain["replicated"] == [], where
             assert rep["fused"] == fused and plain["fused"] == fused, where
             np.testing.assert_allclose(rep["losses"], ref["losses"], atol=TOL, err_msg=where)
