@@ -25,14 +25,14 @@ Keys outside their slot's range (whole table on one rank: outside the table) are
 update) runs wherever the fused kernels do not (CPU / gloo, other optimizers); both send the
 same messages.
 
-Opt-in (``TERAREC_SLOT_MAJOR_EXCHANGE=1``): the slot-major layout. Keys
-travel per owner as ``[slot][sample]``; the owner's vectors come back as point-to-point blocks
+Opt-in (``TERAREC_SLOT_MAJOR_EXCHANGE=1``): the slot-major layout. Keys travel per owner as
+``[slot][sample]``; the owner's vectors come back as point-to-point blocks
 (:func:`~terarec.distributed.comm.exchange_blocks`) straight into a ``[slot_num, b, dim]``
-buffer that the forward returns as its ``[b, slot_num, dim]`` view (the Triton interaction reads
-it in place and writes its gradient in the same layout), so the gather of the received vectors
-into (sample, slot) order and the gather of the gradients into send order disappear; the
-gradients go to the owners as the same blocks. In a world of one (``TERAREC_EXCHANGE_AT_ONE_RANK``)
-the owner's lookup writes that buffer itself.
+buffer that the forward returns as its ``[b, slot_num, dim]`` view (the Triton interaction
+reads it in place and writes its gradient in the same layout), so neither the gather of the
+received vectors into (sample, slot) order nor the gather of the gradients into send order
+runs; the gradients go to the owners as the same blocks. In a world of one
+(``TERAREC_EXCHANGE_AT_ONE_RANK``) the owner's lookup writes that buffer itself.
 
 Opt-in (``TERAREC_REPLICATE_SLOT_ROWS=<max rows>``): the slots with at most that many rows are
 replicated on every rank (:class:`~terarec.distributed.slot_replica.SlotReplica`, for rules
