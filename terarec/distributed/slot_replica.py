@@ -10,7 +10,8 @@ carry only the other slots, and the replicated slots' gradients are summed with 
 * forward: the rows of the local samples' keys of the replicated slots (the Triton one-hot
   lookup where the fused path applies, else ``weight[rows]``), in the wire dtype of the
   exchanged vectors.
-* backward: per-row sums of the local gradients (deterministic ``index_put_`` accumulate),
+* backward: per-row sums of the local gradients (the fused backward's sync-free row sums where
+  the fused path applies, else a deterministic ``index_put_`` accumulate),
   scaled as the exchange scales (``1/world`` for uniform batch sizes, ``b_local/total``
   otherwise), all-reduced, then the same optimizer step on every rank over all ``R`` rows.
   This equals updating only the touched rows only when the rule's zero-gradient step is an
@@ -194,17 +195,36 @@ class SlotReplica:
             return pooled_lookup(rep.weight, rows, offsets, False, dtype, hotness=1)
         return rep.weight[rows].to(dtype)
 
+    def _local_sums(self, rows: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
+        """``[R, dim + 1]`` float32: per replica row, ``scale`` x the sum of this rank's
+        gradients and (last column) whether this rank looked it up. Fused path: the sync-free
+        per-row sums of the fused backward (``kernels.row_sums``: a 3-row slot's ~20k lookups
+        per row split into chunks), scattered by their first ``R`` entries (at most ``R``
+        distinct rows; the unused ones go to a trash row). Else the deterministic
+        ``index_put_`` accumulate."""
+        dev, d, n_rows = self.table.device, self.dim, self.rows
+        if not (self.fast() and rows.numel()):
+            buf = torch.zeros(n_rows, d + 1, dtype=torch.float32, device=dev)
+            vals = torch.cat([grad.to(torch.float32) * scale,
+                              torch.ones(rows.numel(), 1, dtype=torch.float32, device=dev)], 1)
+            return buf.index_put_((rows,), vals, accumulate=True)
+        from terarec.kernels import row_sums
+
+        uniq, sums, count = row_sums(grad, rows)
+        m = min(uniq.numel(), n_rows)
+        live = torch.arange(m, dtype=torch.int64, device=dev) < count
+        dst = torch.where(live, uniq[:m], n_rows)
+        vals = torch.cat([sums[:m] * scale, live.unsqueeze(1).to(torch.float32)], 1)
+        ext = torch.zeros(n_rows + 1, d + 1, dtype=torch.float32, device=dev)
+        return ext.index_put_((dst,), vals)[:n_rows]
+
     @torch.no_grad()
     def backward(self, rows: torch.Tensor, grad: torch.Tensor, scale: float,
                  step_before: int | None) -> None:
         """Sum the local gradients of ``rows`` per row (times ``scale``), all-reduce, update
         every replica row on every rank, copy the owned rows into the shard. Collective."""
-        dev = self.table.device
         d = self.dim
-        buf = torch.zeros(self.rows, d + 1, dtype=torch.float32, device=dev)
-        vals = torch.cat([grad.to(torch.float32) * scale,
-                          torch.ones(rows.numel(), 1, dtype=torch.float32, device=dev)], 1)
-        buf.index_put_((rows,), vals, accumulate=True)
+        buf = self._local_sums(rows, grad, scale)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
         if self.table.frozen:
             return

@@ -45,6 +45,13 @@ def sparse_grad_multi(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch
                                                          mean, slots)
 
 
+def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per distinct row, sync-free: ``(rows_out, sums, count)``; the first ``count`` entries
+    are valid (see the twin's docstring)."""
+    return implementation("row_sums", grad)(grad, rows)
+
+
 def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                           mean: bool, weight: torch.Tensor, states: Sequence[torch.Tensor],
                           optimizer: str, lr: float, **hyper: float) -> torch.Tensor | None:

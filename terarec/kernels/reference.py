@@ -112,6 +112,22 @@ def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tenso
     return _grad_table_major(grad_out, rows, offsets, _scale(offsets, mean, 1))
 
 
+def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per distinct row of ``rows`` (one gradient row ``grad[i]`` per entry), without needing
+    their number on the host: ``(rows_out [n], sums [n, D] float32, count [1] int64)``; the
+    first ``count`` entries are the distinct rows ascending and the sums of their gradients
+    (deterministic), the rest unspecified."""
+    n = rows.numel()
+    offsets = torch.arange(n + 1, dtype=torch.int64, device=rows.device)
+    uniq, summed = _grad_table_major(grad.reshape(n, grad.shape[-1]), rows, offsets, None)
+    out_rows = torch.zeros(n, dtype=torch.int64, device=rows.device)
+    out_rows[: uniq.numel()] = uniq
+    sums = torch.zeros(n, grad.shape[-1], dtype=torch.float32, device=grad.device)
+    sums[: uniq.numel()] = summed
+    return out_rows, sums, torch.tensor([uniq.numel()], dtype=torch.int64, device=rows.device)
+
+
 def _multi_to_table_major(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                           table_offsets: torch.Tensor,
                           slots: int) -> tuple[torch.Tensor, torch.Tensor]:

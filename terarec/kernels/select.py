@@ -34,6 +34,7 @@ TRITON_IMPLS: dict[str, tuple[str, str]] = {
     "pooled_lookup_multi": ("terarec.kernels.triton_lookup", "pooled_lookup_multi"),
     "sparse_grad": ("terarec.kernels.triton_grad", "sparse_grad"),
     "sparse_grad_multi": ("terarec.kernels.triton_grad", "sparse_grad_multi"),
+    "row_sums": ("terarec.kernels.triton_grad", "row_sums"),
     "fused_backward_update": ("terarec.kernels.triton_grad", "fused_backward_update"),
     "sgd_update": ("terarec.kernels.triton_optim", "sgd_update"),
     "momentum_update": ("terarec.kernels.triton_optim", "momentum_update"),

@@ -488,6 +488,17 @@ def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tenso
     return uniq, out[: uniq.numel()]
 
 
+def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton twin of :func:`terarec.kernels.reference.row_sums` (the fused backward's plan
+    and sums, no host synchronisation)."""
+    offsets = torch.arange(rows.numel() + 1, dtype=torch.int64, device=rows.device)
+    plan, out = _run(grad, rows, offsets, False, None, 0, None, [], (0.0, 0.0, 0.0, 0.0), 1.0,
+                     False, 0, 1)
+    assert out is not None  # noqa: S101 - OPT 0 always allocates
+    return plan.uniq, out, plan.n_u
+
+
 def sparse_grad_multi(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                       table_offsets: torch.Tensor, mean: bool | Sequence[bool] | torch.Tensor,
                       slots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

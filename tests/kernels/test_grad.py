@@ -144,3 +144,27 @@ def test_fused_backward_lr_factor(dev: torch.device, opt: str) -> None:
     assert rel_err(results[0][0], results[1][0]) < 1e-6
     for a, b in zip(results[0][1], results[1][1]):
         assert rel_err(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_sums(dev: torch.device, dtype: torch.dtype) -> None:
+    """Per distinct row without a host sync (the replicated slots' gradient sums): hot rows
+    around the chunk boundaries (thousands of lookups, as a 3-row Criteo slot has), the
+    distinct rows ascending in the first ``count`` entries, their float32 sums."""
+    gen = torch.Generator().manual_seed(12)
+    counts = {7: 3000, 1: 65, 2: 64, 3: 33, 0: 32}
+    rows = torch.cat([torch.full((c,), r) for r, c in counts.items()]
+                     + [torch.arange(8, 300)])
+    rows = rows[torch.randperm(rows.numel(), generator=gen)]
+    n, dim = rows.numel(), 24
+    go = torch.randn(n, dim, generator=gen).to(dtype)
+    ref_g = grad64(go.float(), rows, torch.arange(n + 1), False)
+    out_rows, sums, count = K.row_sums(go.to(dev), rows.to(dev))
+    u = int(count.item())
+    assert count.dtype == torch.int64 and u == len(ref_g) and out_rows.numel() == n
+    assert out_rows[:u].cpu().tolist() == sorted(ref_g)
+    assert sums.dtype == torch.float32 and sums.shape == (n, dim)
+    want = torch.stack([ref_g[r] for r in sorted(ref_g)])
+    assert rel_err(sums[:u].cpu(), want) < 1e-5
+    empty = K.row_sums(go[:0].to(dev), rows[:0].to(dev))
+    assert empty[0].numel() == 0 and int(empty[2].item()) == 0
