@@ -117,7 +117,8 @@ class MLP(Layer):
             order = list(self._order)  # w_0, [b_0], w_1, ... (HugeCTR's file order)
             side = None
             if CAST_IN_ONE and any(p.dtype != dt for p in order):
-                side = _side_stream(x.device) if WGRAD_SIDE_STREAM else None
+                side = _side_stream(x.device) \
+                    if WGRAD_SIDE_STREAM and torch.is_grad_enabled() else None
                 order = _cast_all(dt, order, side)
             else:
                 order = [p.to(dt) for p in order]
