@@ -63,6 +63,18 @@ def _exchange_applies(table: Any, sparse: SparseInput) -> bool:
     return table.shard is None or fast_path.rule_applies(table.shard)
 
 
+def _all_ranks_agree(ok: bool, device: torch.device) -> bool:
+    """``ok`` on every rank of the default process group (one all-reduce; ``ok`` itself
+    without a group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 class StepGraph:
     """Captures and replays the full training step of an engine (see the module docstring).
 
@@ -197,6 +209,9 @@ class StepGraph:
                                             sp.rank_batch_sizes)
                              for n, sp in batch.sparse.items()}, batch.rank_batch_sizes)
         graph = torch.cuda.CUDAGraph()
+        # step counters the capture's host code advances (restored if the graph is dropped)
+        counters = [(o, o.t) for o in ([opt] if opt is not None else [])
+                    + [t.optimizer for t in self._local_tables()]]
         try:
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
@@ -216,16 +231,28 @@ class StepGraph:
                 reported = e.loss_sync(loss.detach()) if e.loss_sync is not None \
                     else loss.detach()
         except Exception as exc:  # noqa: BLE001 - any capture failure: stay on the eager path
-            warnings.warn(f"CUDA graph capture of the whole training step failed ({exc}); "
-                          "training continues with the dense-only graph", stacklevel=4)
-            self.disabled = True
-            for table in self._local_tables():
-                table.lr_factor = None
-            return False
+            failure: Exception | None = exc
+        else:
+            failure = None
         finally:
             if opt is not None:
                 for g, lr in zip(opt.param_groups, saved_lr):
                     g["lr"] = lr
+        # Data parallel: the ranks replay their graphs (with the collectives in them) together
+        # or none does: a rank whose capture failed would run eager collectives against the
+        # others' replays and hang them.
+        everyone = _all_ranks_agree(failure is None, e.device) \
+            if e.grad_sync is not None or e.loss_sync is not None else failure is None
+        if failure is not None or not everyone:
+            why = failure if failure is not None else "another rank's capture failed"
+            warnings.warn(f"CUDA graph capture of the whole training step failed ({why}); "
+                          "training continues with the dense-only graph", stacklevel=4)
+            self.disabled = True
+            for table in self._local_tables():
+                table.lr_factor = None
+            for owner, t in counters:
+                owner.t = t
+            return False
         self.graph, self.key, self.out, self.reported = graph, key, out, reported
         self.fingerprint = self._fingerprint()
         graph.replay()  # the capture recorded the step; this runs it
