@@ -15,7 +15,9 @@ known on the host), and the graph also records the gradient all-reduce and the g
 (NCCL collectives captured after the eager warm-up steps). That data-parallel capture is opt-in
 (``TERAREC_DP_STEP_GRAPH=1``): on 2-4 H200 it gave +4% (8.29M vs 7.98M samples/s per GPU) but
 its 2-GPU equivalence test did not finish on the device yet; by default a data-parallel step
-keeps the dense-only graph. The learning rate
+keeps the dense-only graph. The ranks keep their captured graphs only if every rank captured
+one (a flag all-reduced once per capture); otherwise all of them continue without. The
+learning rate
 lives in a 0-dim float32 device tensor that :meth:`StepGraph.set_learning_rate` fills, so
 replays follow the schedule. Anything else (another batch shape, an epoch's short last batch,
 Adam) runs the eager step or the dense-only graph of :class:`~terarec.training.engine.Engine`.
