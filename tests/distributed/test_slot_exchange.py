@@ -30,7 +30,10 @@ def _fast_rank(rank: int, world: int, kind: str, opt: str, update: str) -> dict:
     return out
 
 
-def _bad_rank(rank: int, world: int, what: str) -> None:
+def _bad_rank(rank: int, world: int, what: str, slot_major: bool = False) -> None:
+    import os
+
+    os.environ["TERAREC_SLOT_MAJOR_EXCHANGE"] = "1" if slot_major else "0"
     from terarec.distributed.collection import ShardedEmbeddingCollection
     from terarec.distributed.data_parallel import DataParallel
 
@@ -75,8 +78,13 @@ def test_fused_twin_equals_one_process(monkeypatch: pytest.MonkeyPatch, opt: str
     ("range", "every sample needs exactly one key per slot"),
     ("hotness", "exactly one key per slot (its DataReaderSparseParam declares"),
 ])
-def test_bad_one_hot_input_is_an_error(what: str, message: str) -> None:
-    results = run_ranks(_bad_rank, 2, what, timeout=120, dist_timeout=15, raise_errors=False)
+@pytest.mark.parametrize("slot_major", [False, True])
+def test_bad_one_hot_input_is_an_error(what: str, message: str, slot_major: bool) -> None:
+    """The rank that sees the bad input raises; the other one (waiting on it in an exchange,
+    all-to-all or point-to-point blocks) fails too instead of hanging."""
+    results = run_ranks(_bad_rank, 2, what, slot_major, timeout=120, dist_timeout=15,
+                        raise_errors=False)
+    assert not any(res["ok"] for res in results), results
     errors = [res.get("error", "") for res in results]
     culprit = 1 if what == "range" else 0  # the owner of the slot sees the key; the sender
     assert "'a'" in errors[culprit] and message in errors[culprit], errors  # its own input
