@@ -198,6 +198,17 @@ class Model(ModelFilesMixin):
         self.spec = spec
 
     # ------------------------------------------------------------------ learning rate
+    def get_incremental_model(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per embedding table, ``(keys int64 [n], vectors float32 [n, dim])`` of the rows
+        that are new or changed since the previous call (the first call: every row); see
+        :mod:`terarec.compat.incremental`. Collective on several ranks."""
+        from terarec.compat.incremental import IncrementalTracker, incremental_model
+
+        tracker = getattr(self, "_incremental", None)
+        if tracker is None:
+            tracker = self._incremental = IncrementalTracker()
+        return incremental_model(self._engine().tables, tracker)
+
     def get_learning_rate_scheduler(self) -> LearningRateScheduler:
         return self.scheduler
 
