@@ -86,3 +86,44 @@ def test_mixed_precision_session_close_to_training(data, tmp_path):
     expected = model.predict(batch)
     np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=2e-2)
     session.close()
+
+
+def test_online_update_from_incremental_model(data, tmp_path):
+    """Online training (HugeCTR's ETC + HPS update loop): train, save, serve; train on with the
+    dense part frozen; push ``get_incremental_model()``'s rows into the running parameter
+    server and refresh its cache: the session then predicts what the model predicts (1e-5),
+    which it did not before the push."""
+    model = BUILDERS["dcn"](data)
+    model.compile()
+    model.fit(max_iter=20, display=1000, eval_interval=1000, snapshot=1000)
+    prefix = str(tmp_path / "online")
+    model.save_params_to_files(prefix, 20)
+    model.graph_to_json(str(tmp_path / "graph.json"))
+    n_tables = len(model.engine.tables)
+    params = InferenceParams(
+        model_name="online", max_batchsize=128, hit_rate_threshold=0.9,
+        dense_model_file=f"{prefix}_dense_20.model",
+        sparse_model_files=[f"{prefix}{i}_sparse_20.model" for i in range(n_tables)],
+        device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=0.5,
+        i64_input_key=False)
+    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    model.get_incremental_model()  # the state just saved: every row
+    model.freeze_dense()
+    model.fit(max_iter=15, display=1000, eval_interval=1000, snapshot=1000)
+    batch = next(model.eval_reader.iterate_once()).to("cpu")
+    sparse = batch.sparse["data1"]
+    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
+    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
+
+    def served() -> np.ndarray:
+        return np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
+
+    expected = model.predict(batch).reshape(-1)
+    assert np.abs(served() - expected).max() > 1e-4  # the served tables are behind
+    deltas = model.get_incremental_model()
+    assert all(k.size for k, _ in deltas)
+    for table_id, (k, v) in enumerate(deltas):
+        session.parameter_server.table("online", table_id).insert(k, v)
+    session.refresh_embedding_cache()
+    np.testing.assert_allclose(served(), expected, rtol=1e-5, atol=1e-6)
+    session.close()
