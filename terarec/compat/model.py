@@ -209,6 +209,19 @@ class Model(ModelFilesMixin):
             tracker = self._incremental = IncrementalTracker()
         return incremental_model(self._engine().tables, tracker)
 
+    def dump_incremental_model_2kafka(self) -> None:
+        """HugeCTR's Kafka push of the incremental model: terarec has no Kafka producer (as its
+        parameter server has no Kafka consumer); raises :class:`NotSupportedError` naming the
+        replacement."""
+        from terarec.errors import NotSupportedError
+
+        raise NotSupportedError(
+            "Model.dump_incremental_model_2kafka: terarec has no Kafka producer. Call "
+            "model.get_incremental_model() for the changed (keys, vectors) of every table and "
+            "insert them into the serving parameter server "
+            "(session.parameter_server.table(model_name, i).insert(keys, vectors), then "
+            "session.refresh_embedding_cache()).")
+
     def get_learning_rate_scheduler(self) -> LearningRateScheduler:
         return self.scheduler
 

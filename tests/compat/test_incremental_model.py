@@ -8,9 +8,11 @@ right after, nothing. A one-bit change of a row is caught by the row digest."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import terarec as hugectr
 from terarec.compat.incremental import row_digests
+from terarec.errors import NotSupportedError
 from tests.helpers.models import build_dcn
 from tests.helpers.synth import raw_async_dataset
 
@@ -42,6 +44,8 @@ def test_incremental_model_returns_exactly_the_changed_rows(tmp_path) -> None:
     assert got_keys.dtype == np.int64 and got_vecs.dtype == np.float32
     (none_keys, none_vecs), = model.get_incremental_model()
     assert none_keys.size == 0 and none_vecs.shape == (0, 8)
+    with pytest.raises(NotSupportedError, match="get_incremental_model"):
+        model.dump_incremental_model_2kafka()
 
 
 def test_row_digest_sees_one_bit() -> None:
