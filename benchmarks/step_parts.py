@@ -124,10 +124,9 @@ def train(steps: int) -> None:
     script = str(Path(__file__).with_name("train_throughput.py"))
     # Module constants per run ("module.NAME": value); the first run of a process pays one-time
     # costs, so the defaults run first and last.
-    combos: list[dict] = [{}, {"mlp.WGRAD_SIDE_STREAM": True},
+    combos: list[dict] = [{}, {"mlp.WGRAD_SIDE_STREAM": False},
                           {"interaction.BWD_ROW0_STORE": True},
-                          {"grad.CHUNKS_PER_PROGRAM": 8}, {"mlp.WGRAD_SIDE_STREAM": True},
-                          {"mlp.WGRAD_SIDE_STREAM": True, "interaction.BWD_ROW0_STORE": True},
+                          {"grad.CHUNKS_PER_PROGRAM": 8}, {"mlp.FUSED_DGRAD_OUTER_MAX": 0},
                           {}]
     timings: list[tuple[dict, float]] = []
     for combo in combos:
