@@ -21,7 +21,7 @@ import torch
 
 from tests.distributed.harness import run_ranks
 from tests.distributed.test_overlap import KINDS, _record, _steps, epoch_data, model_epochs
-from tests.distributed.test_sharded_training import TOL, assert_same_table
+from tests.distributed.test_sharded_training import TOL, assert_same_model, assert_same_table
 
 __all__ = ["epoch_data"]  # the module fixture, shared with test_overlap
 
@@ -49,11 +49,7 @@ def _check(results: list[dict[str, Any]], refs: dict[str, Any], tol: float) -> N
         for kind in KINDS:
             got, ref = res["value"][f"{kind}/{switch}"], refs[kind]
             where = f"{kind}, overlap {switch}"
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
-            assert abs(got["auc"] - ref["auc"]) < 1e-5, where
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a, b, atol=tol, err_msg=where)
-            assert_same_table(got["table"], ref["table"], where, tol)
+            assert_same_model(got, ref, where, tol, auc_tol=1e-5)
             events = res["value"][f"{kind}/{switch}/events"]
             # the sharded path: every train step exchanges rows with the group (keys, vectors,
             # gradients; keys ahead with the overlap on)

@@ -33,7 +33,12 @@ import torch.nn.functional as F  # noqa: N812
 from terarec.distributed import state_format
 from tests.distributed import scenarios as sc
 from tests.distributed.harness import run_ranks
-from tests.distributed.test_sharded_training import TOL, assert_same_run, assert_same_table
+from tests.distributed.test_sharded_training import (
+    TOL,
+    assert_same_model,
+    assert_same_run,
+    assert_same_table,
+)
 from tests.helpers.models import build_dcn
 from tests.helpers.synth import raw_async_dataset
 
@@ -321,11 +326,7 @@ def test_model_overlap_equals_one_process_epochs(two_ahead, epoch_data) -> None:
             ref = refs["dist" if kind == "off" else kind]
             got = res["value"]["model"][kind]
             where = f"rank {r}, model {kind}"
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL, err_msg=where)
-            assert abs(got["auc"] - ref["auc"]) < 1e-6, where
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a, b, atol=TOL, err_msg=where)
-            assert_same_table(got["table"], ref["table"], where)
+            assert_same_model(got, ref, where)
             if kind == "onehot":  # every train step and the eval step: the fixed exchange
                 assert got["fixed_steps"] == n_steps + 1, where
         got = res["value"]["model"]["announced"]  # batches by hand, the next one announced

@@ -40,6 +40,16 @@ def assert_same_table(got: tuple, ref: tuple, what: str, tol: float = TOL) -> No
     assert worst <= tol, f"{what}: max diff {worst}"
 
 
+def assert_same_model(got: dict, ref: dict, where: str, tol: float = TOL,
+                      auc_tol: float = 1e-6) -> None:
+    """Losses, AUC, dense weights and the table of a HugeCTR-facade run == the reference's."""
+    np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
+    assert abs(got["auc"] - ref["auc"]) < auc_tol, where
+    for a, b in zip(got["dense"], ref["dense"]):
+        np.testing.assert_allclose(a, b, atol=tol, err_msg=where)
+    assert_same_table(got["table"], ref["table"], where, tol)
+
+
 def assert_same_run(got: dict, ref: dict, where: str, tol: float = TOL) -> None:
     """Losses, dense weights and tables a, b, c of a sharded run == the one-process run."""
     np.testing.assert_allclose(got["losses"], ref["losses"], atol=tol, err_msg=where)
@@ -88,11 +98,7 @@ def test_model_two_ranks_equal_one_process(two, data, tmp):
             # one-hot slot-wise table: every train and eval step took the fixed-size exchange
             assert got["fixed_steps"] == (ms.STEPS + 2 if kind == "onehot" else 0), kind
             assert (got["rank"], got["world"]) == (r, 2)
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
-            assert abs(got["auc"] - ref["auc"]) < 1e-6
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a, b, atol=TOL)
-            assert_same_table(got["table"], ref["table"], f"model {kind} rank {r}")
+            assert_same_model(got, ref, f"model {kind} rank {r}")
 
 
 def test_model_three_ranks_uneven_split(three, data):
@@ -106,11 +112,7 @@ def test_model_three_ranks_uneven_split(three, data):
     for res in three:
         got = res["value"]["model_onehot"]
         assert got["fixed_steps"] == ms.STEPS + 2
-        np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL)
-        assert abs(got["auc"] - ref["auc"]) < 1e-6
-        for a, b in zip(got["dense"], ref["dense"]):
-            np.testing.assert_allclose(a, b, atol=TOL)
-        assert_same_table(got["table"], ref["table"], "model onehot, 3 ranks")
+        assert_same_model(got, ref, "model onehot, 3 ranks")
 
 
 def test_hugectr_files_match_one_process(two, tmp):

@@ -26,7 +26,7 @@ import torch
 from tests.distributed import scenarios as sc
 from tests.distributed.harness import run_ranks
 from tests.distributed.test_overlap import epoch_data, model_epochs
-from tests.distributed.test_sharded_training import TOL, assert_same_table
+from tests.distributed.test_sharded_training import TOL, assert_same_model, assert_same_table
 
 __all__ = ["epoch_data"]  # the module fixture, shared with test_overlap
 
@@ -108,11 +108,7 @@ def test_slot_major_model_equals_one_process(epoch_data, world: int) -> None:
     for r, res in enumerate(run_ranks(fn, world, epoch_data, timeout=240)):
         for switch, got in res["value"].items():
             where = f"rank {r}/{world}, overlap {switch}"
-            np.testing.assert_allclose(got["losses"], ref["losses"], atol=TOL, err_msg=where)
-            assert abs(got["auc"] - ref["auc"]) < 1e-6, where
-            for a, b in zip(got["dense"], ref["dense"]):
-                np.testing.assert_allclose(a, b, atol=TOL, err_msg=where)
-            assert_same_table(got["table"], ref["table"], where)
+            assert_same_model(got, ref, where)
             assert got["fixed_steps"] == len(ref["losses"]) + 1, where
 
 

@@ -16,30 +16,40 @@ def data(tmp_path_factory):
     return raw_async_dataset(tmp_path_factory.mktemp("raw"), n_train=2048, n_eval=512)
 
 
+def _serve(model, tmp_path, name: str, step: int, **params_kw):  # noqa: ANN001, ANN202
+    """Save ``model`` as HugeCTR files at ``step`` and open an inference session on them."""
+    prefix = str(tmp_path / name)
+    model.save_params_to_files(prefix, step)
+    model.graph_to_json(str(tmp_path / "graph.json"))
+    n_tables = len(model.engine.tables)
+    params = InferenceParams(
+        model_name=name, max_batchsize=128, hit_rate_threshold=0.9,
+        dense_model_file=f"{prefix}_dense_{step}.model",
+        sparse_model_files=[f"{prefix}{i}_sparse_{step}.model" for i in range(n_tables)],
+        device_id=0, use_gpu_embedding_cache=True, i64_input_key=False, **params_kw)
+    return CreateInferenceSession(str(tmp_path / "graph.json"), params)
+
+
+def _request(model, batch):  # noqa: ANN001, ANN202
+    """The CSR request of ``batch``: one CSR per table, concatenated table by table (HugeCTR's
+    Triton backend layout)."""
+    sparse = batch.sparse["data1"]
+    n_tables = len(model.engine.tables)
+    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
+    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
+    return batch.dense.numpy().reshape(-1), keys, row_ptrs
+
+
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_inference_equals_training_predict(name, data, tmp_path):
     model = BUILDERS[name](data)
     model.compile()
     model.fit(max_iter=30, display=1000, eval_interval=1000, snapshot=1000)
     assert model.evaluate()["AUC"] > 0.6
-    prefix = str(tmp_path / name)
-    model.save_params_to_files(prefix, 30)
-    model.graph_to_json(str(tmp_path / "graph.json"))
-    n_tables = len(model.engine.tables)
-    params = InferenceParams(
-        model_name=name, max_batchsize=128, hit_rate_threshold=0.9,
-        dense_model_file=f"{prefix}_dense_30.model",
-        sparse_model_files=[f"{prefix}{i}_sparse_30.model" for i in range(n_tables)],
-        device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=0.5,
-        i64_input_key=False)
-    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    session = _serve(model, tmp_path, name, 30, cache_size_percentage=0.5)
     batch = next(model.eval_reader.iterate_once()).to("cpu")  # a server gets host arrays
     expected = model.predict(batch)
-    sparse = batch.sparse["data1"]
-    # one CSR per table, concatenated table by table (HugeCTR's Triton backend layout)
-    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
-    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
-    got = np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
+    got = np.asarray(session.predict(*_request(model, batch)))
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
     # HugeCTR 23.08's reader-driven overloads read the same files the training used
     from_files = session.predict(2, data["eval"], DataReaderType_t.RawAsync, Check_t.Non,
@@ -61,25 +71,14 @@ def test_mixed_precision_session_close_to_training(data, tmp_path):
     model = BUILDERS["dlrm"](data)
     model.compile()
     model.fit(max_iter=30, display=1000, eval_interval=1000, snapshot=1000)
-    prefix = str(tmp_path / "dlrm")
-    model.save_params_to_files(prefix, 30)
-    model.graph_to_json(str(tmp_path / "graph.json"))
-    n_tables = len(model.engine.tables)
-    params = InferenceParams(
-        model_name="dlrm", max_batchsize=128, hit_rate_threshold=0.9,
-        dense_model_file=f"{prefix}_dense_30.model",
-        sparse_model_files=[f"{prefix}{i}_sparse_30.model" for i in range(n_tables)],
-        device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=1.0,
-        i64_input_key=False, use_mixed_precision=True)
-    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    session = _serve(model, tmp_path, "dlrm", 30, cache_size_percentage=1.0,
+                     use_mixed_precision=True)
     assert session.core.dense.mixed_precision == "bf16"
     batch = next(model.eval_reader.iterate_once()).to("cpu")
-    sparse = batch.sparse["data1"]
-    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
-    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
-    got = np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
+    dense, keys, row_ptrs = _request(model, batch)
+    got = np.asarray(session.predict(dense, keys, row_ptrs))
     # every embedding fits the cache: the second, warm call is one host sync
-    again = session.core.predict_tensor(torch.from_numpy(batch.dense.numpy().reshape(-1)).cuda(),
+    again = session.core.predict_tensor(torch.from_numpy(dense).cuda(),
                                         torch.from_numpy(keys).cuda(),
                                         torch.from_numpy(row_ptrs).cuda(), False)
     np.testing.assert_allclose(again.cpu().numpy(), got, rtol=0, atol=1e-6)
@@ -96,27 +95,15 @@ def test_online_update_from_incremental_model(data, tmp_path):
     model = BUILDERS["dcn"](data)
     model.compile()
     model.fit(max_iter=20, display=1000, eval_interval=1000, snapshot=1000)
-    prefix = str(tmp_path / "online")
-    model.save_params_to_files(prefix, 20)
-    model.graph_to_json(str(tmp_path / "graph.json"))
-    n_tables = len(model.engine.tables)
-    params = InferenceParams(
-        model_name="online", max_batchsize=128, hit_rate_threshold=0.9,
-        dense_model_file=f"{prefix}_dense_20.model",
-        sparse_model_files=[f"{prefix}{i}_sparse_20.model" for i in range(n_tables)],
-        device_id=0, use_gpu_embedding_cache=True, cache_size_percentage=0.5,
-        i64_input_key=False)
-    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    session = _serve(model, tmp_path, "online", 20, cache_size_percentage=0.5)
     model.get_incremental_model()  # the state just saved: every row
     model.freeze_dense()
     model.fit(max_iter=15, display=1000, eval_interval=1000, snapshot=1000)
     batch = next(model.eval_reader.iterate_once()).to("cpu")
-    sparse = batch.sparse["data1"]
-    keys = np.concatenate([sparse.keys.numpy()] * n_tables)
-    row_ptrs = np.concatenate([sparse.offsets.numpy()] * n_tables)
+    request = _request(model, batch)
 
     def served() -> np.ndarray:
-        return np.asarray(session.predict(batch.dense.numpy().reshape(-1), keys, row_ptrs))
+        return np.asarray(session.predict(*request))
 
     expected = model.predict(batch).reshape(-1)
     assert np.abs(served() - expected).max() > 1e-4  # the served tables are behind
