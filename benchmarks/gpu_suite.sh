@@ -86,7 +86,8 @@ if [[ $what == exchange1 ]]; then
       --steps 20 --warmup 5 --no-peer --results "$res" > "$OUT/exchange1_$i.txt" 2>&1
     grep -E "^\| 1" "$OUT/exchange1_$i.txt" | tail -1
   done
-  env TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 timeout 100 torchrun \
+  env TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 \
+    TERAREC_REPLICATE_SLOT_ROWS=32768 timeout 100 torchrun \
     --standalone --nproc-per-node 1 benchmarks/scaling.py --steps 10 --warmup 3 --no-peer \
     --profile 3 --results "$OUT/exchange1_profile.jsonl" > "$OUT/exchange1_profile.txt" 2>&1
   grep -A30 "profile of" "$OUT/exchange1_profile.txt" | cut -c1-70,150-190
