@@ -150,7 +150,7 @@ class SlotExchange:
         self._steps = 0
         self._pending: tuple[overlap.InputKey, comm.PendingRows] | None = None
         self.slot_major = slot_major_enabled()  # opt-in layout (see module docstring)
-        self._rep_index: dict[torch.device, torch.Tensor] = {}
+        self._rep_index: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ eligibility
     @staticmethod
@@ -320,7 +320,10 @@ class SlotExchange:
                                              step.batch if self.slot_major else None)
             self._flag(bad)
             step.rep_rows = rows
-            rep_vec = self.replica.lookup(rows, self._wire_dtype())
+            if self.slot_major:  # looked up straight into the slot-major buffer, below
+                self.replica.ensure_fresh()
+            else:
+                rep_vec = self.replica.lookup(rows, self._wire_dtype())
         if step.keys_ahead is not None:  # issued with the previous step (prefetch)
             recv_keys, step.keys_ahead = step.keys_ahead.wait(), None
         else:
@@ -328,7 +331,7 @@ class SlotExchange:
                                              self.group)
         vectors = self._lookup(step, recv_keys)
         if self.slot_major:
-            return self._vectors_to_slots(step, vectors, rep_vec)
+            return self._vectors_to_slots(step, vectors, step.rep_rows)
         back = comm.all_to_all_rows(vectors.contiguous(), recv_c, send_c, self.group)
         if rep_vec is not None:
             back = torch.cat([back, rep_vec.to(back.dtype)])
@@ -351,26 +354,37 @@ class SlotExchange:
         return [(p, buf[s]) for p, slots in enumerate(self.slots_of) for s in slots]
 
     def _vectors_to_slots(self, step: _Step, vectors: torch.Tensor,
-                          rep_vec: torch.Tensor | None) -> torch.Tensor:
-        """Slot-major: every owner's vectors (and the replicated slots' own rows, ``[slot]
-        [sample]``) into this rank's ``[slot_num * b, dim]`` buffer."""
-        if self.world == 1 and rep_vec is None:  # my lookup is that buffer
+                          rep_rows: torch.Tensor | None) -> torch.Tensor:
+        """Slot-major: every owner's vectors (and the replicated slots' own rows ``rep_rows``,
+        ``[slot][sample]``, looked up in place) into this rank's ``[slot_num * b, dim]``
+        buffer."""
+        if self.world == 1 and rep_rows is None:  # my lookup is that buffer
             return vectors
         out = vectors.new_empty((self.slot_num, step.batch, self.dim))
         comm.exchange_blocks(self._blocks(step, vectors), self._slot_blocks(step, out),
                              self.group)
-        if rep_vec is not None:
-            out.view(self.slot_num, -1).index_copy_(
-                0, self._rep_slots(out.device), rep_vec.to(out.dtype).view(-1, out[0].numel()))
-        return out.view(-1, self.dim)
+        flat = out.view(-1, self.dim)
+        if rep_rows is not None:
+            assert self.replica is not None  # noqa: S101 - rep_rows come from it
+            self.replica.lookup(rep_rows, flat.dtype, out=flat,
+                                out_rows=self._rep_pos(step.batch, out.device))
+        return flat
 
-    def _rep_slots(self, device: torch.device) -> torch.Tensor:
-        """The replicated slots' numbers on ``device`` (made once: no copy inside a capture)."""
-        got = self._rep_index.get(device)
+    def _rep_pos(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Row of every replicated lookup (``[replicated slot][sample]``) in the slot-major
+        ``[slot_num * batch, dim]`` buffer; made once per batch size (eagerly, before any
+        capture of the same step; the slot numbers' host copy once per device)."""
+        key = (batch, device)
+        got = self._rep_index.get(key)
         if got is None:
             assert self.replica is not None  # noqa: S101 - callers check
-            got = self._rep_index[device] = torch.tensor(self.replica.slots, dtype=torch.int64,
-                                                         device=device)
+            slots = self._rep_index.get((-1, device))
+            if slots is None:
+                slots = self._rep_index[(-1, device)] = torch.tensor(
+                    self.replica.slots, dtype=torch.int64, device=device)
+            got = (slots[:, None] * batch
+                   + torch.arange(batch, dtype=torch.int64, device=device)[None, :]).reshape(-1)
+            self._rep_index[key] = got
         return got
 
     def _grads_to_owners(self, step: _Step, grad: torch.Tensor) -> torch.Tensor:
@@ -449,10 +463,9 @@ class SlotExchange:
             before = shard.optimizer.t if shard is not None else None
             self._update(step, got, 1.0 / self.world if uniform else 1.0)
             if self.replica is not None:  # [slot][sample] rows, as rows_of read the keys
-                rep_grad = grad_out.reshape(self.slot_num, -1).index_select(
-                    0, self._rep_slots(grad_out.device)).view(-1, self.dim)
                 scale = 1.0 / self.world if uniform else (step.batch / total if total else 0.0)
-                self.replica.backward(step.rep_rows, rep_grad, scale, before)
+                self.replica.backward(step.rep_rows, grad_out.reshape(-1, self.dim), scale,
+                                      before, self._rep_pos(step.batch, grad_out.device))
             return
         send = self._gather_rows(grad_out.reshape(-1, self.dim), step.index)
         rep_grad = None

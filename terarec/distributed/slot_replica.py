@@ -183,34 +183,49 @@ class SlotReplica:
         rows = (keys - lo + self.bases[cols]).clamp_(0, max(0, self.rows - 1))
         return rows, bad
 
-    def lookup(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Vectors of replica ``rows`` in ``dtype`` (refreshes first when stale)."""
+    def ensure_fresh(self) -> None:
+        """Refresh now if stale (collective: every rank calls it at the same point)."""
         if self.stale:
             self.refresh()
+
+    def lookup(self, rows: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None,
+               out_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of replica ``rows`` in ``dtype`` (refreshes first when stale), or written
+        into rows ``out_rows`` of ``out`` (``[M, dim]``, which is returned)."""
+        self.ensure_fresh()
         rep = self.replica
         if rows.numel() and self.fast():
             from terarec.kernels import pooled_lookup
 
             offsets = torch.arange(rows.numel() + 1, dtype=torch.int64, device=rows.device)
-            return pooled_lookup(rep.weight, rows, offsets, False, dtype, hotness=1)
-        return rep.weight[rows].to(dtype)
+            return pooled_lookup(rep.weight, rows, offsets, False, dtype, hotness=1, out=out,
+                                 out_rows=out_rows)
+        vec = rep.weight[rows].to(dtype if out is None else out.dtype)
+        if out is None:
+            return vec
+        return out.index_copy_(0, out_rows, vec) if out_rows is not None else \
+            out[: vec.shape[0]].copy_(vec)
 
-    def _local_sums(self, rows: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
+    def _local_sums(self, rows: torch.Tensor, grad: torch.Tensor, scale: float,
+                    grad_rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[R, dim + 1]`` float32: per replica row, ``scale`` x the sum of this rank's
-        gradients and (last column) whether this rank looked it up. Fused path: the sync-free
-        per-row sums of the fused backward (``kernels.row_sums``: a 3-row slot's ~20k lookups
-        per row split into chunks), scattered by their first ``R`` entries (at most ``R``
+        gradients (lookup i's: ``grad[i]``, or ``grad[grad_rows[i]]``) and (last column)
+        whether this rank looked it up. Fused path: the sync-free per-row sums of the fused
+        backward (``kernels.row_sums``: a 3-row slot's ~20k lookups per row split into chunks,
+        the gradient read in place), scattered by their first ``R`` entries (at most ``R``
         distinct rows; the unused ones go to a trash row). Else the deterministic
         ``index_put_`` accumulate."""
         dev, d, n_rows = self.table.device, self.dim, self.rows
         if not (self.fast() and rows.numel()):
+            if grad_rows is not None:
+                grad = grad.reshape(-1, d).index_select(0, grad_rows)
             buf = torch.zeros(n_rows, d + 1, dtype=torch.float32, device=dev)
             vals = torch.cat([grad.to(torch.float32) * scale,
                               torch.ones(rows.numel(), 1, dtype=torch.float32, device=dev)], 1)
             return buf.index_put_((rows,), vals, accumulate=True)
         from terarec.kernels import row_sums
 
-        uniq, sums, count = row_sums(grad, rows)
+        uniq, sums, count = row_sums(grad, rows, grad_rows, num_rows=n_rows)
         m = min(uniq.numel(), n_rows)
         live = torch.arange(m, dtype=torch.int64, device=dev) < count
         dst = torch.where(live, uniq[:m], n_rows)
@@ -220,11 +235,12 @@ class SlotReplica:
 
     @torch.no_grad()
     def backward(self, rows: torch.Tensor, grad: torch.Tensor, scale: float,
-                 step_before: int | None) -> None:
-        """Sum the local gradients of ``rows`` per row (times ``scale``), all-reduce, update
-        every replica row on every rank, copy the owned rows into the shard. Collective."""
+                 step_before: int | None, grad_rows: torch.Tensor | None = None) -> None:
+        """Sum the local gradients of ``rows`` per row (times ``scale``; lookup i's gradient is
+        ``grad[i]``, or ``grad[grad_rows[i]]``), all-reduce, update every replica row on every
+        rank, copy the owned rows into the shard. Collective."""
         d = self.dim
-        buf = self._local_sums(rows, grad, scale)
+        buf = self._local_sums(rows, grad, scale, grad_rows)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
         if self.table.frozen:
             return

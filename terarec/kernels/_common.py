@@ -66,6 +66,32 @@ def check_csr(rows: torch.Tensor, offsets: torch.Tensor) -> None:
         raise ValueError(f"rows/offsets: expected int64. Received: {rows.dtype}, {offsets.dtype}")
 
 
+def check_lookup_out(out: torch.Tensor | None, out_rows: torch.Tensor | None, n: int,
+                     dim: int) -> None:
+    """``out``: 2-D ``[M, dim]`` with unit stride along dim; ``out_rows``: int64 ``[n]`` (only
+    with ``out``); without ``out_rows`` ``M >= n``."""
+    if out is None:
+        if out_rows is not None:
+            raise ValueError("pooled_lookup: out_rows needs out")
+        return
+    if out.dim() != 2 or out.shape[1] != dim or out.stride(1) != 1:
+        raise ValueError(f"pooled_lookup: expected out of shape [M, {dim}] with unit stride along "
+                         f"the embedding dimension. Received: {tuple(out.shape)}, stride "
+                         f"{tuple(out.stride())}")
+    if out_rows is None:
+        if out.shape[0] < n:
+            raise ValueError(f"pooled_lookup: out has {out.shape[0]} rows for {n} CSR rows")
+        return
+    check_grad_rows(out_rows, n)
+
+
+def check_grad_rows(index: torch.Tensor, n: int) -> None:
+    """A row index: int64 ``[n]``."""
+    if index.dim() != 1 or index.dtype != torch.int64 or index.numel() != n:
+        raise ValueError(f"expected an int64 row index of {n} entries. Received: "
+                         f"{index.dtype} {tuple(index.shape)}")
+
+
 def check_relu_bias(grad: torch.Tensor, y: torch.Tensor) -> None:
     """``grad`` and ``y``: the same 2-D shape and dtype, on one device."""
     if grad.dim() != 2 or grad.shape != y.shape or grad.dtype != y.dtype \

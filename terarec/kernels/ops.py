@@ -15,11 +15,13 @@ from terarec.kernels.select import implementation
 
 
 def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, mean: bool,
-                  out_dtype: torch.dtype | None = None,
-                  hotness: int | None = None) -> torch.Tensor:
-    """Pooled lookup of one table: ``[N, D]`` (see reference.pooled_lookup)."""
+                  out_dtype: torch.dtype | None = None, hotness: int | None = None,
+                  out: torch.Tensor | None = None,
+                  out_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Pooled lookup of one table: ``[N, D]``, or written into rows ``out_rows`` of ``out``
+    (see reference.pooled_lookup)."""
     return implementation("pooled_lookup", weight)(weight, rows, offsets, mean, out_dtype,
-                                                   hotness)
+                                                   hotness, out, out_rows)
 
 
 def pooled_lookup_multi(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
@@ -45,11 +47,12 @@ def sparse_grad_multi(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch
                                                          mean, slots)
 
 
-def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+def row_sums(grad: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor | None = None,
+             num_rows: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per distinct row, sync-free: ``(rows_out, sums, count)``; the first ``count`` entries
     are valid (see the twin's docstring)."""
-    return implementation("row_sums", grad)(grad, rows)
+    return implementation("row_sums", grad)(grad, rows, grad_rows, num_rows)
 
 
 def fused_backward_update(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,

@@ -33,17 +33,28 @@ def _pool_sum(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor) -
 
 
 def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, mean: bool,
-                  out_dtype: torch.dtype | None = None,
-                  hotness: int | None = None) -> torch.Tensor:
+                  out_dtype: torch.dtype | None = None, hotness: int | None = None,
+                  out: torch.Tensor | None = None,
+                  out_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Pool ``weight[rows]`` per CSR row: ``[N, D]`` (sum or mean; empty rows give zeros).
 
     ``hotness`` (rows per CSR row when fixed) is a hint for the Triton version; ignored here.
+    ``out`` (``[M, D]``, its dtype wins over ``out_dtype``): CSR row ``q`` is written to
+    ``out[out_rows[q]]`` (``out_rows`` int64 ``[N]``, distinct rows; None: ``out[q]``, M >= N),
+    the other rows of ``out`` are left as they are, and ``out`` is returned.
     """
     C.check_csr(rows, offsets)
-    out = _pool_sum(weight, rows, offsets)
+    C.check_lookup_out(out, out_rows, offsets.numel() - 1, weight.shape[1])
+    pooled = _pool_sum(weight, rows, offsets)
     if mean:
-        out = out / C.lengths_of(offsets).clamp(min=1).to(out.dtype).unsqueeze(1)
-    return out.to(out_dtype or weight.dtype)
+        pooled = pooled / C.lengths_of(offsets).clamp(min=1).to(pooled.dtype).unsqueeze(1)
+    if out is None:
+        return pooled.to(out_dtype or weight.dtype)
+    if out_rows is None:
+        out[: pooled.shape[0]] = pooled.to(out.dtype)
+    else:
+        out.index_copy_(0, out_rows, pooled.to(out.dtype))
+    return out
 
 
 def pooled_lookup_multi(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
@@ -112,13 +123,21 @@ def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tenso
     return _grad_table_major(grad_out, rows, offsets, _scale(offsets, mean, 1))
 
 
-def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+def row_sums(grad: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor | None = None,
+             num_rows: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per distinct row of ``rows`` (one gradient row ``grad[i]`` per entry), without needing
-    their number on the host: ``(rows_out [n], sums [n, D] float32, count [1] int64)``; the
-    first ``count`` entries are the distinct rows ascending and the sums of their gradients
-    (deterministic), the rest unspecified."""
+    """Per distinct row of ``rows`` (one gradient row ``grad[i]`` per entry, or
+    ``grad[grad_rows[i]]`` of a ``[M, D]`` gradient), without needing their number on the
+    host: ``(rows_out [n], sums [n, D] float32, count [1] int64)``; the first ``count`` entries
+    are the distinct rows ascending and the sums of their gradients (deterministic), the rest
+    unspecified. ``num_rows``: an upper bound of the rows (a hint: below 2**31 the Triton
+    version sorts them as int32)."""
     n = rows.numel()
+    C.check_csr(rows, torch.zeros(1, dtype=torch.int64))
+    grad = grad.reshape(-1, grad.shape[-1])
+    if grad_rows is not None:
+        C.check_grad_rows(grad_rows, n)
+        grad = grad.index_select(0, grad_rows)
     offsets = torch.arange(n + 1, dtype=torch.int64, device=rows.device)
     uniq, summed = _grad_table_major(grad.reshape(n, grad.shape[-1]), rows, offsets, None)
     out_rows = torch.zeros(n, dtype=torch.int64, device=rows.device)

@@ -231,6 +231,7 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
          code: int, weight: torch.Tensor | None, states: Sequence[torch.Tensor],
          scalars: tuple[float, float, float, float], gscale: float, sr: bool, seed: int,
          hotness: int | None, lr_factor: torch.Tensor | None = None,
+         grad_rows: torch.Tensor | None = None, num_rows: int | None = None,
          ) -> tuple[_Plan, torch.Tensor | None]:
     C.check_csr(rows, offsets)
     dev = grad_out.device
@@ -248,7 +249,8 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
                                        output_size=nnz)
     tables, slots, rpt = 1, 1, n_q
     # Rows of a weight with < 2**31 rows sort as int32: half the radix passes of int64.
-    narrow = weight is not None and weight.shape[0] < 2**31
+    bound = weight.shape[0] if weight is not None else num_rows
+    narrow = bound is not None and bound < 2**31
     if multi is not None:
         table_offsets, slots = multi
         tables = table_offsets.numel()
@@ -269,7 +271,9 @@ def _run(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
         return _Plan(empty, torch.zeros(1, dtype=torch.int64, device=dev)), out
     plan = _plan(sorted_rows)
     src, kernel_hot = perm, hot
-    if qpos is not None:
+    if grad_rows is not None:  # lookup i's gradient is row grad_rows[i] (hotness 1)
+        src = grad_rows[perm]
+    elif qpos is not None:
         # CSR row of every sorted lookup, gathered once here: the kernels then read it like a
         # hotness-1 position (q = src[i]) instead of a dependent qpos[perm[i]] per lookup.
         src, kernel_hot = qpos[perm], 1
@@ -488,13 +492,16 @@ def sparse_grad(grad_out: torch.Tensor, rows: torch.Tensor, offsets: torch.Tenso
     return uniq, out[: uniq.numel()]
 
 
-def row_sums(grad: torch.Tensor, rows: torch.Tensor,
+def row_sums(grad: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor | None = None,
+             num_rows: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`terarec.kernels.reference.row_sums` (the fused backward's plan
-    and sums, no host synchronisation)."""
+    and sums, no host synchronisation; ``grad_rows`` read in place, no gathered copy)."""
     offsets = torch.arange(rows.numel() + 1, dtype=torch.int64, device=rows.device)
+    if grad_rows is not None:
+        C.check_grad_rows(grad_rows, rows.numel())
     plan, out = _run(grad, rows, offsets, False, None, 0, None, [], (0.0, 0.0, 0.0, 0.0), 1.0,
-                     False, 0, 1)
+                     False, 0, 1, grad_rows=grad_rows, num_rows=num_rows)
     assert out is not None  # noqa: S101 - OPT 0 always allocates
     return plan.uniq, out, plan.n_u
 

@@ -42,10 +42,10 @@ def _gather_add(acc, w_ptr, rows_ptr, pos, base, m, d, dmask, w_stride):
 
 
 @triton.jit
-def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr, orows_ptr,
                  n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
                  HOT: tl.constexpr, MULTI: tl.constexpr, MEAN: tl.constexpr,
-                 BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+                 OUT_ROWS: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     """Fixed hotness ``HOT`` (offsets = arange*HOT, not read): ``BLOCK_Q`` CSR rows in
     lock-step, the j-th lookup of every row gathered at once."""
     pid_q = tl.program_id(0)
@@ -76,6 +76,8 @@ def _pool_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
         b = rr // slots
         s = rr - b * slots
         out_row = b * (tables * slots) + t * slots + s
+    elif OUT_ROWS:
+        out_row = tl.load(orows_ptr + q, mask=qmask, other=0)
     else:
         out_row = q
     tl.store(out_ptr + out_row[:, None] * out_stride + d[None, :],
@@ -89,9 +91,10 @@ def _chunk_add(acc, w_ptr, rows_ptr, j, end, base, d, dmask, w_stride, BLOCK_J: 
 
 
 @triton.jit
-def _pool_csr_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
+def _pool_csr_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr, orows_ptr,
                      n_q, rows_per_table, slots, tables, D, w_stride, out_stride,
-                     MULTI: tl.constexpr, MEAN: tl.constexpr, BAGS: tl.constexpr,
+                     MULTI: tl.constexpr, MEAN: tl.constexpr, OUT_ROWS: tl.constexpr,
+                     BAGS: tl.constexpr,
                      BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, INTERP: tl.constexpr):
     """General CSR: ``BAGS`` CSR rows per program, one after the other; each row's lookups are
     summed ``BLOCK_J`` at a time (one ``[BLOCK_J, BLOCK_D]`` gather), so a program works
@@ -131,6 +134,8 @@ def _pool_csr_kernel(w_ptr, rows_ptr, offsets_ptr, tbase_ptr, mean_ptr, out_ptr,
                 rr = q - t * rows_per_table
                 b = rr // slots
                 out_row = b * (tables * slots) + t * slots + (rr - b * slots)
+            elif OUT_ROWS:
+                out_row = tl.load(orows_ptr + q)
             else:
                 out_row = q
             tl.store(out_ptr + out_row * out_stride + d, total.to(out_ptr.dtype.element_ty),
@@ -159,27 +164,34 @@ def _csr_blocks(dim: int, nnz: int, n_q: int) -> tuple[int, int, int]:
 
 def _launch(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
             tbase: torch.Tensor, flags: torch.Tensor, out: torch.Tensor, mean_mode: int,
-            multi: bool, rows_per_table: int, slots: int, tables: int, hot: int) -> None:
+            multi: bool, rows_per_table: int, slots: int, tables: int, hot: int,
+            out_rows: torch.Tensor | None = None) -> None:
     n_q = offsets.numel() - 1
     dim = weight.shape[1]
     if n_q == 0 or dim == 0:
         return
     if rows.numel() == 0:
-        out.zero_()
+        if out_rows is not None:
+            out.index_fill_(0, out_rows, 0)
+        else:
+            out[:n_q].zero_()
         return
+    orows = out_rows if out_rows is not None else offsets
     if weight.stride(1) != 1:
         raise ValueError("weight: expected unit stride along the embedding dimension")
     if hot > 0:
         block_q, block_d, warps = _blocks(dim)
         grid = (triton.cdiv(n_q, block_q), triton.cdiv(dim, block_d))
-        _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
-                           tables, dim, weight.stride(0), dim, HOT=hot, MULTI=multi,
-                           MEAN=mean_mode, BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps)
+        _pool_kernel[grid](weight, rows, offsets, tbase, flags, out, orows, n_q,
+                           rows_per_table, slots, tables, dim, weight.stride(0), out.stride(-2),
+                           HOT=hot, MULTI=multi, MEAN=mean_mode, OUT_ROWS=out_rows is not None,
+                           BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=warps)
         return
     block_j, block_d, warps = _csr_blocks(dim, rows.numel(), n_q)
     grid = (triton.cdiv(n_q, _CSR_BAGS), triton.cdiv(dim, block_d))
-    _pool_csr_kernel[grid](weight, rows, offsets, tbase, flags, out, n_q, rows_per_table, slots,
-                           tables, dim, weight.stride(0), dim, MULTI=multi, MEAN=mean_mode,
+    _pool_csr_kernel[grid](weight, rows, offsets, tbase, flags, out, orows, n_q,
+                           rows_per_table, slots, tables, dim, weight.stride(0), out.stride(-2),
+                           MULTI=multi, MEAN=mean_mode, OUT_ROWS=out_rows is not None,
                            BAGS=_CSR_BAGS, BLOCK_J=block_j, BLOCK_D=block_d,
                            INTERP=C.interpreting(), num_warps=warps)
 
@@ -191,19 +203,23 @@ def _hotness(hotness: int | None, offsets: torch.Tensor, nnz: int) -> int:
 
 
 def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, mean: bool,
-                  out_dtype: torch.dtype | None = None,
-                  hotness: int | None = None) -> torch.Tensor:
+                  out_dtype: torch.dtype | None = None, hotness: int | None = None,
+                  out: torch.Tensor | None = None,
+                  out_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Triton twin of :func:`terarec.kernels.reference.pooled_lookup`.
 
     ``hotness``: pass the fixed number of lookups per CSR row when known (0 = general CSR);
-    None checks ``offsets`` (one small comparison and a host sync).
+    None checks ``offsets`` (one small comparison and a host sync). ``out_rows``: each pooled
+    row is stored straight at its row of ``out`` (no copy after the lookup).
     """
     C.check_csr(rows, offsets)
     n_q = offsets.numel() - 1
-    out = C.new_empty((n_q, weight.shape[1]), out_dtype or weight.dtype, weight.device)
+    C.check_lookup_out(out, out_rows, n_q, weight.shape[1])
+    if out is None:
+        out = C.new_empty((n_q, weight.shape[1]), out_dtype or weight.dtype, weight.device)
     hot = _hotness(hotness, offsets, rows.numel())
     _launch(weight, rows, offsets, offsets, offsets, out, 1 if mean else 0, False, n_q, 1, 1,
-            hot)
+            hot, out_rows)
     return out
 
 

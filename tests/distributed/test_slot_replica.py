@@ -207,6 +207,20 @@ def test_fused_twin_replicated_slots(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     check(run_ranks(_rank, 2, str(tmp_path), opts, True, timeout=300), 2, opts, True)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_fused_twin_replicated_slots_slot_major(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path) -> None:
+    """Slot-major + fused kernels: the replicated rows pooled straight into their rows of the
+    slot-major buffer (``pooled_lookup(out_rows=...)``), their gradients summed in place
+    (``row_sums(grad_rows=...)``)."""
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter variant runs on CPU machines")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the spawned ranks
+    opts = ("SGD",)
+    check(run_ranks(_rank, 2, str(tmp_path), opts, True, True, timeout=300), 2, opts, True,
+          slot_major=True)
+
+
 def check(results: list[dict], world: int, opts: tuple[str, ...], fused: bool,
           slot_major: bool = False) -> None:
     refs = {opt: reference(opt) for opt in opts}

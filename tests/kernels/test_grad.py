@@ -168,3 +168,26 @@ def test_row_sums(dev: torch.device, dtype: torch.dtype) -> None:
     assert rel_err(sums[:u].cpu(), want) < 1e-5
     empty = K.row_sums(go[:0].to(dev), rows[:0].to(dev))
     assert empty[0].numel() == 0 and int(empty[2].item()) == 0
+
+
+@pytest.mark.parametrize("narrow", [None, 400])
+def test_row_sums_gathered_gradient(dev: torch.device, narrow: int | None) -> None:
+    """``grad_rows``: lookup i's gradient read at row ``grad_rows[i]`` of a larger gradient
+    (the replicated slots' rows of a slot-major buffer), equal to summing the gathered copy;
+    ``num_rows`` (int32 sort) changes nothing."""
+    gen = torch.Generator().manual_seed(5)
+    n, dim, big = 900, 16, 2000
+    rows = torch.cat([torch.full((500,), 3), torch.randint(0, 300, (n - 500,), generator=gen)])
+    rows = rows[torch.randperm(n, generator=gen)]
+    go = torch.randn(big, dim, generator=gen)
+    where = torch.randperm(big, generator=gen)[:n]
+    ref_rows, ref_sums, ref_count = K.row_sums(go[where], rows)
+    out_rows, sums, count = K.row_sums(go.to(dev), rows.to(dev), grad_rows=where.to(dev),
+                                       num_rows=narrow)
+    u = int(ref_count.item())
+    assert int(count.item()) == u
+    assert torch.equal(out_rows[:u].cpu(), ref_rows[:u])
+    assert rel_err(sums[:u].cpu(), ref_sums[:u]) < 1e-6
+    with pytest.raises(ValueError, match="row index"):
+        K.row_sums(go.to(dev), rows.to(dev), grad_rows=where[:-1].to(dev))
+

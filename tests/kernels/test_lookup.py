@@ -124,3 +124,33 @@ def test_mark_rows(dev: torch.device) -> None:
     assert torch.equal(got.cpu(), want)
     with pytest.raises(ValueError, match="rows: expected int64"):
         K.mark_rows(got, rows.to(dev).int())
+
+
+@pytest.mark.parametrize("hot", [1, 0])
+def test_pooled_lookup_into_rows(dev: torch.device, hot: int) -> None:
+    """``out`` + ``out_rows``: each pooled row lands at its row of a larger buffer (slot-major
+    exchange buffers), the buffer's other rows untouched; ``out`` alone fills its first rows."""
+    gen = torch.Generator().manual_seed(3 + hot)
+    n, dim = 12, 32
+    if hot:
+        offsets, rows = torch.arange(n + 1), torch.randint(0, 9, (n,), generator=gen)
+    else:
+        rows, offsets = random_csr(n, 4, 9, gen)
+    weight = torch.randn(9, dim, generator=gen).to(torch.bfloat16)
+    ref = pool64(weight, rows, offsets, False)
+    where = torch.randperm(30, generator=gen)[:n]
+    buf = torch.full((30, dim), 7.0)
+    got = K.pooled_lookup(weight.to(dev), rows.to(dev), offsets.to(dev), False,
+                          hotness=hot or None, out=buf.clone().to(dev), out_rows=where.to(dev)).cpu()
+    assert got.dtype == torch.float32
+    assert rel_err(got[where], ref) < 1e-6
+    rest = torch.ones(30, dtype=torch.bool)
+    rest[where] = False
+    assert bool((got[rest] == 7.0).all())
+    head = K.pooled_lookup(weight.to(dev), rows.to(dev), offsets.to(dev), False,
+                           out=buf.clone().to(dev)).cpu()
+    assert rel_err(head[:n], ref) < 1e-6 and bool((head[n:] == 7.0).all())
+    with pytest.raises(ValueError, match="out"):
+        K.pooled_lookup(weight.to(dev), rows.to(dev), offsets.to(dev), False,
+                        out_rows=where.to(dev))
+
