@@ -55,11 +55,14 @@ if [[ $what == dist ]]; then
   for f in "$OUT"/step_graph_rank*.txt; do [[ -s $f ]] && { echo "== $f"; head -40 "$f"; }; done
   res="$OUT/scaling.jsonl"; rm -f "$res"
   gpus=$(nvidia-smi -L | wc -l)
+  # One log for every run below ($OUT brings back only a few files, none with "=" in its name).
+  log="$OUT/scaling_runs.txt"; : > "$log"
   for n in 1 2 4; do
     (( n > gpus )) && break
+    echo "== default ($n GPUs)" | tee -a "$log"
     timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py --steps 20 \
-      --warmup 5 --results "$res" > "$OUT/scaling_$n.txt" 2>&1
-    grep -E "terarec path|^\|" "$OUT/scaling_$n.txt" | tail -5
+      --warmup 5 --results "$res" > "$OUT/run.txt" 2>&1
+    cat "$OUT/run.txt" >> "$log"; grep -E "terarec path|^\|" "$OUT/run.txt" | tail -5
   done
   # Opt-in exchanges at the largest count: the next batch's keys ahead, small slots replicated.
   n=$(( gpus >= 4 ? 4 : 2 ))
@@ -68,14 +71,15 @@ if [[ $what == dist ]]; then
            TERAREC_SLOT_MAJOR_EXCHANGE=1 "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1" \
            "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_OVERLAP_INPUT_DIST=1" \
            "TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_REPLICATE_SLOT_ROWS=32768 TERAREC_DP_STEP_GRAPH=1"; do
-    echo "== $v ($n GPUs)"
+    echo "== $v ($n GPUs)" | tee -a "$log"
     env $v timeout 200 torchrun --standalone --nproc-per-node $n benchmarks/scaling.py \
-      --steps 20 --warmup 5 > "$OUT/scaling_${n}_${v// /_}.txt" 2>&1
-    grep -E "terarec path|^\|" "$OUT/scaling_${n}_${v// /_}.txt" | tail -3
+      --steps 20 --warmup 5 --no-peer > "$OUT/run.txt" 2>&1
+    cat "$OUT/run.txt" >> "$log"; grep -E "terarec path|^\|" "$OUT/run.txt" | tail -3
   done
+  rm -f "$OUT/run.txt"
 fi
 if [[ $what == exchange1 ]]; then
-  res="$OUT/exchange1.jsonl"; rm -f "$res"; i=0
+  res="$OUT/exchange1.jsonl"; rm -f "$res" "$OUT/exchange1_runs.txt"; i=0
   for v in "TERAREC_EXCHANGE_AT_ONE_RANK=0" "TERAREC_EXCHANGE_AT_ONE_RANK=1" \
            "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_DP_STEP_GRAPH=1" \
            "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1" \
@@ -83,14 +87,16 @@ if [[ $what == exchange1 ]]; then
            "TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 TERAREC_DP_STEP_GRAPH=1 TERAREC_REPLICATE_SLOT_ROWS=32768"; do
     i=$((i + 1)); echo "== $v"
     env $v timeout 100 torchrun --standalone --nproc-per-node 1 benchmarks/scaling.py \
-      --steps 20 --warmup 5 --no-peer --results "$res" > "$OUT/exchange1_$i.txt" 2>&1
-    grep -E "^\| 1" "$OUT/exchange1_$i.txt" | tail -1
+      --steps 20 --warmup 5 --no-peer --results "$res" > "$OUT/run.txt" 2>&1
+    { echo "== $v"; cat "$OUT/run.txt"; } >> "$OUT/exchange1_runs.txt"
+    grep -E "^\| 1" "$OUT/run.txt" | tail -1
   done
+  rm -f "$OUT/run.txt"
   env TERAREC_EXCHANGE_AT_ONE_RANK=1 TERAREC_SLOT_MAJOR_EXCHANGE=1 \
     TERAREC_REPLICATE_SLOT_ROWS=32768 timeout 100 torchrun \
     --standalone --nproc-per-node 1 benchmarks/scaling.py --steps 10 --warmup 3 --no-peer \
     --profile 3 --results "$OUT/exchange1_profile.jsonl" > "$OUT/exchange1_profile.txt" 2>&1
-  grep -A30 "profile of" "$OUT/exchange1_profile.txt" | cut -c1-70,150-190
+  grep -A36 "self device" "$OUT/exchange1_profile.txt" | cut -c1-92,150-200
 fi
 if [[ $what == dist1tb ]]; then
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

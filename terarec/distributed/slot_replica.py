@@ -175,13 +175,16 @@ class SlotReplica:
         """Replica rows of ``keys`` (sample-major over the replicated slots, or slot-major
         ``[slot][sample]`` for ``slot_major_batch`` samples) and a bool that any key is
         outside its slot's range."""
-        pos = torch.arange(keys.numel(), dtype=torch.int64, device=keys.device)
-        cols = pos // max(1, slot_major_batch) if slot_major_batch is not None \
-            else pos % max(1, len(self.slots))
-        lo = self.starts[cols]
-        bad = ((keys < lo) | (keys >= lo + self.sizes[cols])).any()
-        rows = (keys - lo + self.bases[cols]).clamp_(0, max(0, self.rows - 1))
-        return rows, bad
+        n = len(self.slots)
+        if slot_major_batch is not None:  # [slot][sample]: per-slot columns broadcast down
+            k = keys.view(n, slot_major_batch)
+            lo, size, base = (t[:, None] for t in (self.starts, self.sizes, self.bases))
+        else:  # [sample][slot]
+            k = keys.view(keys.numel() // max(1, n), n)
+            lo, size, base = (t[None, :] for t in (self.starts, self.sizes, self.bases))
+        bad = ((k < lo) | (k >= lo + size)).any()
+        rows = (k - (lo - base)).clamp_(0, max(0, self.rows - 1))
+        return rows.reshape(-1), bad
 
     def ensure_fresh(self) -> None:
         """Refresh now if stale (collective: every rank calls it at the same point)."""
