@@ -8,6 +8,13 @@ and the sub-modules ``hugectr.tools``, ``hugectr.data``, ``hugectr.inference`` e
 from __future__ import annotations
 
 from terarec.compat.embedding_collection import EmbeddingCollectionConfig, EmbeddingTableConfig
+from terarec.compat.etc import (
+    CreateETC,
+    CreateHMemCache,
+    EmbeddingTrainingCache,
+    EmbeddingTrainingCacheParams,
+    HMemCacheConfig,
+)
 from terarec.compat.layers import (
     DenseLayer,
     DenseLayerComputeConfig,
@@ -90,9 +97,10 @@ def _alias_as_hugectr() -> None:
 _alias_as_hugectr()
 
 __all__ = [
-    "AsyncParam", "CreateOptimizer", "CreateSolver", "DataReaderParams", "DataReaderSparseParam",
-    "DataSourceParams", "DenseLayer", "DenseLayerComputeConfig", "EmbeddingCollectionConfig",
-    "EmbeddingTableConfig", "GroupDenseLayer",
+    "AsyncParam", "CreateETC", "CreateHMemCache", "CreateOptimizer", "CreateSolver",
+    "DataReaderParams", "DataReaderSparseParam", "DataSourceParams", "DenseLayer",
+    "DenseLayerComputeConfig", "EmbeddingCollectionConfig", "EmbeddingTableConfig",
+    "EmbeddingTrainingCache", "EmbeddingTrainingCacheParams", "GroupDenseLayer", "HMemCacheConfig",
     "HybridEmbeddingParam", "Input", "LearningRateScheduler", "Model", "OptParamsPy", "Solver",
     "Session", "SolverParser", "SparseEmbedding", "TrainingCallback", "get_learning_rate_scheduler",
     "solver_parser_helper", "__version__", *ALL_ENUMS,

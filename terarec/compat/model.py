@@ -13,6 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from terarec.compat.etc import (
+    EmbeddingTrainingCache,
+    check_etc_params,
+    check_keyset_file,
+    check_table_count,
+    etc_sources,
+)
 from terarec.compat.layers import DenseLayer, GroupDenseLayer, Input, SparseEmbedding
 from terarec.compat.model_io import ModelFilesMixin
 from terarec.compat.optimizer import OptParamsPy
@@ -48,6 +55,10 @@ class Model(ModelFilesMixin):
                               opt_params)
         self.solver = solver
         self.reader_params = reader_params
+        # Embedding Training Cache (CreateETC, HugeCTR <= 23.08): see terarec.compat.etc.
+        self._etc_params = check_etc_params(etc_params)
+        self._etc: EmbeddingTrainingCache | None = None
+        self._etc_passes: list[tuple[str, str]] | None = None
         self.optimizer_config: OptimizerConfig = opt_params.config
         self.spec = GraphSpec(model_name=solver.model_name)
         self.engine: Engine | None = None
@@ -78,6 +89,8 @@ class Model(ModelFilesMixin):
             self.spec.schema = layer.to_schema()
         elif isinstance(layer, SparseEmbedding):
             self._require_input("SparseEmbedding")
+            if self._etc_params is not None:
+                check_table_count(self._etc_params, len(self.spec.embeddings) + 1, final=False)
             self.spec.embeddings.append(layer.to_spec())
         elif isinstance(layer, (DenseLayer, GroupDenseLayer)):
             self._require_input("DenseLayer")
@@ -133,6 +146,9 @@ class Model(ModelFilesMixin):
         if self._dist is not None:
             self._dist.attach(self.engine)
         self._metrics = self._make_metrics()
+        if self._etc_params is not None:
+            self._etc = EmbeddingTrainingCache(self, self._etc_params)
+            self._etc.attach()
 
     def save_params_to_files(self, prefix: str, iter: int = 0) -> None:  # noqa: A002
         if self._dist is not None:  # every rank its shard; rank 0 the gathered HugeCTR files
@@ -207,7 +223,18 @@ class Model(ModelFilesMixin):
         tracker = getattr(self, "_incremental", None)
         if tracker is None:
             tracker = self._incremental = IncrementalTracker()
-        return incremental_model(self._engine().tables, tracker)
+        tables = self._etc.store_views() if self._etc is not None else self._engine().tables
+        return incremental_model(tables, tracker)
+
+    def get_embedding_training_cache(self) -> EmbeddingTrainingCache:
+        """The ``EmbeddingTrainingCache`` of a model created with ``CreateETC`` params
+        (``update(keyset_file)`` / ``update(keyset_file_list)``)."""
+        self._engine()
+        if self._etc is None:
+            raise ConfigError("Model.get_embedding_training_cache", "a Model created as "
+                              "Model(solver, reader, optimizer, CreateETC(...))",
+                              "a Model without Embedding Training Cache")
+        return self._etc
 
     def dump_incremental_model_2kafka(self) -> None:
         """HugeCTR's Kafka push of the incremental model: terarec has no Kafka producer (as its
@@ -281,10 +308,28 @@ class Model(ModelFilesMixin):
     def start_epoch(self) -> None:
         self.train_reader.restart()
 
-    def set_source(self, source: Any, eval_source: Any = None, *more: Any) -> None:
-        """``set_source(source, eval_source)`` (≤23.08 also ``(source, keyset, eval_source)``)."""
+    def set_source(self, source: Any, eval_source: Any = None, *more: Any,
+                   keyset: Any = None) -> None:
+        """``set_source(source, eval_source)``; with an Embedding Training Cache (≤23.08)
+        ``set_source(source=[file lists], keyset=[keyset files], eval_source=...)``, also
+        positionally ``(source, keyset, eval_source)``: the next ``fit`` trains those passes."""
         if more:
-            eval_source = more[0]
+            if len(more) > 1 or keyset is not None:
+                raise ConfigError("Model.set_source", "(source, eval_source) or (source, "
+                                  "keyset, eval_source)", (source, eval_source, *more))
+            keyset, eval_source = eval_source, more[0]
+        elif keyset is None and isinstance(eval_source, (list, tuple)):
+            keyset, eval_source = eval_source, None  # set_source([lists], [keysets])
+        if self._etc_params is not None:
+            passes = etc_sources(source, keyset, "Model.set_source")
+            for _, keyset_file in passes:
+                check_keyset_file(keyset_file, bool(self.solver.i64_input_key))
+            self._etc_passes = passes
+            source = passes[0][0]
+        elif keyset not in (None, "", []):
+            raise ConfigError("Model.set_source(keyset=...)", "keysets only with an Embedding "
+                              "Training Cache (Model(solver, reader, optimizer, CreateETC(...)))",
+                              keyset)
         if isinstance(source, list):
             source = source[0]
         self.train_reader.set_source(source)
@@ -308,6 +353,8 @@ class Model(ModelFilesMixin):
             batch = self.train_reader.next_batch()
         if batch is None:
             return False
+        if self._etc is not None:
+            self._etc.fetch_missing(batch)
         if self._dist is not None:
             batch = self._dist.begin_train_step(batch)
         if engine.lr == 0.0 and self.scheduler.step == 0:
@@ -318,6 +365,8 @@ class Model(ModelFilesMixin):
     def _whole_batch(self, batch: Batch) -> Batch:
         """An evaluation / prediction batch: every rank of a data-parallel job runs all of it
         (tagged so that sharded tables can exchange fixed-size messages)."""
+        if self._etc is not None:
+            self._etc.fetch_missing(batch)
         return self._dist.begin_eval_step(batch) if self._dist is not None else batch
 
     def get_current_loss(self) -> float:
@@ -359,10 +408,23 @@ class Model(ModelFilesMixin):
     def fit(self, num_epochs: int = 0, max_iter: int = 2000, display: int = 200,
             eval_interval: int = 1000, snapshot: int = 10000, snapshot_prefix: str = "",
             *, progress: bool | None = None, tensorboard_dir: str | None = None) -> None:
-        """Train as HugeCTR's ``fit`` (§12.3). Extras: ``progress`` bar, ``tensorboard_dir``."""
+        """Train as HugeCTR's ``fit`` (§12.3). Extras: ``progress`` bar, ``tensorboard_dir``.
+
+        With an Embedding Training Cache: one pass per file list of ``source`` (with its
+        keyset), ``num_epochs`` each, in order; ``snapshot`` is ignored (as HugeCTR)."""
         self._engine()
-        run_fit(self, FitOptions(num_epochs, max_iter, display, eval_interval, snapshot,
-                                 snapshot_prefix, progress, tensorboard_dir))
+        opts = FitOptions(num_epochs, max_iter, display, eval_interval, snapshot,
+                          snapshot_prefix, progress, tensorboard_dir)
+        if self._etc is not None:
+            self._etc.fit(opts, self._etc_passes or self._reader_passes())
+        else:
+            run_fit(self, opts)
+
+    def _reader_passes(self) -> list[tuple[str, str]]:
+        params = self.reader_params
+        if params is None:
+            raise ConfigError("Model", "DataReaderParams to read data from", None)
+        return etc_sources(params.source, params.keyset, "DataReaderParams")
 
     # ------------------------------------------------------------------ inspection
     def check_out_tensor(self, tensor_name: str, tensor_type: Any) -> np.ndarray:

@@ -30,7 +30,10 @@ class ModelFilesMixin:
 
     # ------------------------------------------------------------------ save
     def save_params_to_files(self, prefix: str, iter: int = 0) -> None:  # noqa: A002
-        """Write every model file of §17.1 (dense, dense optimizer, sparse, sparse optimizer)."""
+        """Write every model file of §17.1 (dense, dense optimizer, sparse, sparse optimizer).
+
+        With an Embedding Training Cache the sparse weights and optimizer states go in place
+        into the ``sparse_models`` folders of ``CreateETC`` instead (as HugeCTR)."""
         engine = self._engine()
         net = engine.network
         hf.write_dense(net.dense_weights(), hf.dense_path(prefix, iter))
@@ -43,13 +46,17 @@ class ModelFilesMixin:
                for ls, layer in zip(net.specs, net.layers) if layer.non_trainable()]
         if ntp:
             hf.write_ntp(ntp, hf.dense_path(prefix, iter) + ".ntp.json")
-        for i, (_name, table) in enumerate(engine.tables.items()):
-            keys, vectors, slot_ids = table.export()
-            localized = table.config.embedding_type.startswith("LocalizedSlot")
-            hf.write_sparse_folder(hf.sparse_path(prefix, i, iter), keys, vectors,
-                                   slot_ids if localized else None)
-            write_bytes_atomic(hf.sparse_opt_path(prefix, i, iter),
-                               table.optimizer_state_bytes())
+        etc = getattr(self, "_etc", None)
+        if etc is not None:  # Embedding Training Cache: in place into its sparse_models folders
+            etc.save_sparse_models()
+        else:
+            for i, (_name, table) in enumerate(engine.tables.items()):
+                keys, vectors, slot_ids = table.export()
+                localized = table.config.embedding_type.startswith("LocalizedSlot")
+                hf.write_sparse_folder(hf.sparse_path(prefix, i, iter), keys, vectors,
+                                       slot_ids if localized else None)
+                write_bytes_atomic(hf.sparse_opt_path(prefix, i, iter),
+                                   table.optimizer_state_bytes())
         state = {"format": "terarec-training-state", "version": 1, "iter": iter,
                  "scheduler_step": self.scheduler.step,
                  "dense_optimizer_step": int(getattr(engine.dense_optimizer, "t", 0)),

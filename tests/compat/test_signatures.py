@@ -58,10 +58,27 @@ def test_model_fit_signature():
     "get_learning_rate_scheduler", "reset_learning_rate_scheduler", "start_data_reading",
     "train", "eval", "get_current_loss", "get_eval_metrics", "check_out_tensor",
     "export_predictions", "set_source", "get_data_reader_train", "get_data_reader_eval",
-    "predict", "evaluate",
+    "predict", "evaluate", "get_incremental_model", "get_embedding_training_cache",
 ])
 def test_model_has_method(method):
     assert callable(getattr(hugectr.Model, method))
+
+
+def test_etc_signatures():
+    """Embedding Training Cache (<= 23.08): CreateETC / CreateHMemCache / Model's 4th argument."""
+    assert params(hugectr.CreateETC) == [
+        ("ps_types", inspect.Parameter.empty), ("sparse_models", None), ("local_paths", None),
+        ("hmem_cache_configs", None), ("hcache_configs", None)]
+    assert [n for n, _ in params(hugectr.CreateHMemCache)] == [
+        "num_blocks", "target_hit_rate", "max_num_evict"]
+    assert [n for n, _ in params(hugectr.Model.__init__)] == [
+        "self", "solver", "reader_params", "opt_params", "etc_params"]
+    assert [n for n, _ in params(hugectr.Model.set_source)] == [
+        "self", "source", "eval_source", "keyset"]
+    assert [n for n, _ in params(hugectr.EmbeddingTrainingCache.update)] == [
+        "self", "keyset_file", "keyset_file_list"]
+    assert hugectr.TrainPSType_t.Staged.name == "Staged" and hugectr.Cached is (
+        hugectr.TrainPSType_t.Cached)
 
 
 def test_data_reader_params_defaults():
