@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -141,6 +143,118 @@ def init_process_group(rank: int, world_size: int, init_method: str,
     dist.init_process_group(backend, init_method=init_method, rank=rank,
                             world_size=world_size, timeout=timeout())
     return current()
+
+
+@dataclass(frozen=True)
+class MpiLaunch:
+    """Who this process is in a job started by an MPI launcher or ``srun`` (local values are
+    None when the launcher does not say)."""
+
+    launcher: str
+    rank: int
+    world_size: int
+    local_rank: int | None = None
+    local_world_size: int | None = None
+
+
+# launcher name, rank, size, local rank, local size, a variable that must also be set
+_MPI_VARIABLES: tuple[tuple[str, str, str | None, str | None, str | None, str | None], ...] = (
+    ("OpenMPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+     "OMPI_COMM_WORLD_LOCAL_SIZE", None),
+    ("MPICH/Intel MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", None),
+    # SLURM_PROCID / SLURM_NTASKS are also set in an sbatch script's own shell: only a step
+    # started by srun (SLURM_STEP_ID) is a job of SLURM_NTASKS processes
+    ("Slurm srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
+     "SLURM_STEP_ID"),
+    ("PMIx", "PMIX_RANK", None, None, None, None),
+)
+
+# what makes a process an MPI rank: removed from the environment of the workers an MPI
+# process starts itself (they are not ranks of the MPI job; see launch.py)
+MPI_RANK_VARIABLE_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS",
+                              "HYDI_", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_ID",
+                              "SLURM_STEPID")
+
+
+def _int_var(environ: Mapping[str, str], name: str | None) -> int | None:
+    raw = environ.get(name, "") if name else ""
+    if raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}", "an integer", raw) from None
+
+
+def mpi_launch(environ: Mapping[str, str] | None = None) -> MpiLaunch | None:
+    """The MPI / srun job this process belongs to, from the launcher's variables (first match
+    in the order OpenMPI, MPICH / Intel MPI, Slurm srun, PMIx); None when none is set."""
+    environ = os.environ if environ is None else environ
+    for launcher, rank_var, size_var, lrank_var, lsize_var, marker in _MPI_VARIABLES:
+        rank = _int_var(environ, rank_var)
+        if rank is None or (marker is not None and not environ.get(marker)):
+            continue
+        size = _int_var(environ, size_var)
+        if size is None:
+            raise ConfigError(f"{launcher} launch ({rank_var}={rank})",
+                              f"the number of processes in {size_var or 'a size variable'}",
+                              None, hint="Launch with mpirun (OpenMPI sets OMPI_COMM_WORLD_SIZE, "
+                              "MPICH PMI_SIZE) or srun (SLURM_NTASKS), or use torchrun")
+        if size < 1 or not 0 <= rank < size:
+            raise ConfigError(f"{launcher} variables {rank_var} / {size_var}",
+                              f"0 <= {rank_var} < {size_var}", (rank, size))
+        return MpiLaunch(launcher, rank, size, _int_var(environ, lrank_var),
+                         _int_var(environ, lsize_var))
+    return None
+
+
+class MpiComm(Protocol):
+    """What :func:`mpi_rendezvous` uses of ``mpi4py.MPI.COMM_WORLD``."""
+
+    def Get_rank(self) -> int: ...  # noqa: N802 - mpi4py's name
+
+    def bcast(self, obj: Any, root: int = 0) -> Any: ...
+
+
+def mpi_comm_world(launch: MpiLaunch) -> MpiComm:
+    """``mpi4py.MPI.COMM_WORLD``; a ConfigError saying what to do when mpi4py is missing."""
+    try:
+        from mpi4py import MPI  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ConfigError(
+            f"{launch.launcher} launch of {launch.world_size} processes: environment variables "
+            "MASTER_ADDR / MASTER_PORT",
+            "both set (the host and a free TCP port of rank 0), or mpi4py installed so that "
+            "rank 0 broadcasts them (pip install 'terarec[mpi]')",
+            f"MASTER_ADDR={os.environ.get('MASTER_ADDR')!r}, "
+            f"MASTER_PORT={os.environ.get('MASTER_PORT')!r}, mpi4py not importable ({exc})",
+        ) from None
+    return MPI.COMM_WORLD
+
+
+def mpi_rendezvous(launch: MpiLaunch, comm: MpiComm | None = None) -> tuple[str, int]:
+    """``(MASTER_ADDR, MASTER_PORT)`` of an MPI-launched job: the environment's when both are
+    set; else rank 0 fills in what is missing (its host name, a free port on it) and
+    broadcasts it over ``comm`` (``mpi4py``'s ``COMM_WORLD`` when None)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    if addr and port:
+        return addr, _port(port)
+    comm = comm if comm is not None else mpi_comm_world(launch)
+    mine = None
+    if comm.Get_rank() == 0:
+        mine = (addr or socket.gethostname(), _port(port) if port else free_port(""))
+    addr, got = comm.bcast(mine, root=0)
+    return str(addr), int(got)
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError("environment variable MASTER_PORT", "a TCP port (1..65535)", raw)
+    return port
 
 
 def free_port(host: str = "127.0.0.1") -> int:
