@@ -26,8 +26,16 @@ Mapping:
   On one process the plan is not used (every table is whole on the device), so a script
   written for N GPUs also runs, with the same numbers, on one.
 
-A table looked up by several lookups (HugeCTR allows it) is not supported: one table per
-lookup (:class:`~terarec.errors.NotSupportedError` says which).
+A table looked up by several lookups (HugeCTR allows it; the lookups may read different inputs
+with different combiners) is one set of rows: every lookup of it is a view
+(:mod:`terarec.compat.shared_tables`) of one table, and one optimizer step per training step
+applies the sum of the gradients of all its lookups. Each lookup's ``EmbeddingSpec.extra``
+records ``collection`` (add order of the collection in the model), ``table`` (the HugeCTR table
+name), ``table_id`` (its index among the collection's tables, first-lookup order) and
+``key_offset`` (what the reader adds to the input's keys: ``sum(slot_size_array[:slot])``, 0
+without ``slot_size_array``); ``Model.embedding_dump`` / ``embedding_load``
+(:mod:`terarec.compat.embedding_dump`) use them. Sharing needs the table whole on one process:
+on several ranks a shared table raises :class:`~terarec.errors.NotSupportedError` naming it.
 """
 
 from __future__ import annotations
@@ -192,32 +200,48 @@ class EmbeddingCollectionConfig:
         return _Lookup(table, bottom, top, combiner)
 
     def table_names(self) -> dict[str, str]:
-        """HugeCTR table name -> terarec table (lookup output) name; one lookup per table."""
-        out: dict[str, str] = {}
+        """HugeCTR table name -> the name of its first lookup (the table's name in terarec)."""
+        return {name: tops[0] for name, tops in self.lookups_by_table().items()}
+
+    def lookups_by_table(self) -> dict[str, list[str]]:
+        """HugeCTR table name -> the names of its lookups, in call order (tables in first-lookup
+        order); one ``EmbeddingTableConfig`` object per name."""
+        out: dict[str, list[str]] = {}
+        configs: dict[str, EmbeddingTableConfig] = {}
         for lk in self.lookups:
-            if lk.table.name in out:
-                raise NotSupportedError(
-                    f"EmbeddingCollectionConfig: table {lk.table.name!r} is looked up by "
-                    f"{out[lk.table.name]!r} and {lk.top!r}; terarec needs one table per lookup "
-                    "(declare one EmbeddingTableConfig per lookup)")
-            out[lk.table.name] = lk.top
+            first = configs.setdefault(lk.table.name, lk.table)
+            if first is not lk.table and _shape(first) != _shape(lk.table):
+                raise ConfigError(f"EmbeddingCollectionConfig: table {lk.table.name!r}",
+                                  f"one definition {first!r} (tables are identified by name)",
+                                  repr(lk.table))
+            out.setdefault(lk.table.name, []).append(lk.top)
         return out
 
-    def to_graph(self, schema: DataSchema, world_size: int = 1,
-                 direct_keys: bool = False) -> CollectionGraph:
+    def to_graph(self, schema: DataSchema, world_size: int = 1, direct_keys: bool = False,
+                 collection_id: int = 0, slot_size_array: list[int] | None = None,
+                 ) -> CollectionGraph:
         """Graph specs and (for ``world_size > 1``) placements of this collection;
-        ``direct_keys``: the reader's keys are the tables' row numbers (no slot offsets)."""
+        ``direct_keys``: the reader's keys are the tables' row numbers (no slot offsets);
+        ``collection_id``: this collection's index among the model's collections;
+        ``slot_size_array``: the reader's (it adds per-slot key offsets)."""
         if not self.lookups:
             raise ConfigError("Model.add(EmbeddingCollectionConfig)", "at least one "
                               "embedding_lookup(...)", None)
-        names = self.table_names()
+        by_table = self.lookups_by_table()
+        if world_size > 1:
+            _check_unshared(by_table, world_size)
+        ids = {name: i for i, name in enumerate(by_table)}
+        offsets = key_offsets(schema, slot_size_array or [])
         graph = CollectionGraph()
         for lk in self.lookups:
-            graph.embeddings.append(self._spec(lk, schema, direct_keys))
+            spec = self._spec(lk, schema, direct_keys)
+            spec.extra.update(collection=collection_id, table=lk.table.name,
+                              table_id=ids[lk.table.name], key_offset=offsets.get(lk.bottom, 0))
+            graph.embeddings.append(spec)
         if self.batch_major_top is not None:
             graph.layers = self._batch_major_layers()
         if world_size > 1:
-            graph.placements = self.placements(world_size, names)
+            graph.placements = self.placements(world_size, self.table_names())
         return graph
 
     def _spec(self, lk: _Lookup, schema: DataSchema, direct_keys: bool) -> EmbeddingSpec:
@@ -264,7 +288,9 @@ class EmbeddingCollectionConfig:
                    ) -> dict[str, TablePlacement]:
         """Placement of every table (keyed by its lookup name) from ``shard(...)``; without a
         ``shard`` call, every table row-wise over all ranks (dp for none)."""
-        names = names if names is not None else self.table_names()
+        if names is None:
+            _check_unshared(self.lookups_by_table(), world_size)
+            names = self.table_names()
         every = list(range(world_size))
         if self.shard_matrix is None:
             return {top: TablePlacement("row_wise", every) for top in names.values()}
@@ -292,6 +318,34 @@ class EmbeddingCollectionConfig:
         if missing:
             raise ConfigError(f"{f}(shard_strategy=...)", "a strategy for every table", missing)
         return out
+
+
+def _shape(t: EmbeddingTableConfig) -> tuple[int, int]:
+    return t.max_vocabulary_size, t.ev_size
+
+
+def _check_unshared(by_table: dict[str, list[str]], world_size: int) -> None:
+    """Several ranks: every table has one lookup (sharded tables are not shared)."""
+    for name, tops in by_table.items():
+        if len(tops) > 1:
+            raise NotSupportedError(
+                f"EmbeddingCollectionConfig: table {name!r} is looked up by {tops} on "
+                f"{world_size} ranks; a table shared by several lookups must be whole on one "
+                "process (sharded tables exchange keys per lookup). Run on one process, or "
+                "declare one EmbeddingTableConfig per lookup")
+
+
+def key_offsets(schema: DataSchema, slot_size_array: list[int]) -> dict[str, int]:
+    """Sparse input name -> the offset the reader adds to its keys (the sizes of the slots
+    before its first one, ``DataReaderParams.slot_size_array``); empty without one."""
+    if not slot_size_array:
+        return {}
+    out: dict[str, int] = {}
+    slot = 0
+    for sp in schema.sparse:
+        out[sp.name] = int(sum(slot_size_array[:slot]))
+        slot += sp.slot_num
+    return out
 
 
 def _placement(name: str, strategy: str, k: int, ranks: list[int], world: int) -> TablePlacement:

@@ -101,7 +101,11 @@ class Model(ModelFilesMixin):
             self._require_input("EmbeddingCollectionConfig")
             assert self.spec.schema is not None  # noqa: S101 - _require_input checked
             direct = self.reader_params is not None and not self.reader_params.slot_size_array
-            graph = layer.to_graph(self.spec.schema, getattr(self, "world_size", 1), direct)
+            cid = len({e.extra["collection"] for e in self.spec.embeddings
+                       if "collection" in e.extra})
+            sizes = self.reader_params.slot_size_array if self.reader_params else None
+            graph = layer.to_graph(self.spec.schema, getattr(self, "world_size", 1), direct,
+                                   collection_id=cid, slot_size_array=sizes)
             self.spec.embeddings.extend(graph.embeddings)
             self.spec.layers.extend(graph.layers)
             if self._dist is not None:
@@ -125,9 +129,13 @@ class Model(ModelFilesMixin):
                               "two lists of the same length", (loss_names, loss_weights))
         gen = torch.Generator().manual_seed(self.solver.seed)
         torch.manual_seed(self.solver.seed)
+        from terarec.compat import shared_tables
+
+        factory = self._dist.build_tables if self._dist else (  # tables shared by lookups
+            shared_tables.table_factory(self.spec)
+            if shared_tables.has_shared_tables(self.spec) else None)
         tables, inputs = build_tables(self.spec, self.solver, self.optimizer_config,
-                                      self.device, gen,
-                                      self._dist.build_tables if self._dist else None)
+                                      self.device, gen, factory)
         emb_shapes = {name: (self.local_batchsize, t.config.slot_num, t.config.dim)
                       for name, t in tables.items()}
         weights = dict(zip(loss_names, loss_weights)) if loss_names else None
@@ -155,6 +163,19 @@ class Model(ModelFilesMixin):
             self._dist.save_params_to_files(prefix, iter, super().save_params_to_files)
         else:
             super().save_params_to_files(prefix, iter)
+
+    def embedding_dump(self, path: str, table_names: list[str] | None = None) -> None:
+        """Write the embedding-collection tables (default all) under ``path`` (§17.5; format in
+        :mod:`terarec.compat.embedding_dump`)."""
+        from terarec.compat.embedding_dump import embedding_dump
+
+        embedding_dump(self, path, table_names)
+
+    def embedding_load(self, path: str, table_names: list[str] | None = None) -> None:
+        """Load embedding-collection tables (default all) that ``embedding_dump`` wrote."""
+        from terarec.compat.embedding_dump import embedding_load
+
+        embedding_load(self, path, table_names)
 
     @property
     def local_batchsize(self) -> int:

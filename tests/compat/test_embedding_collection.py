@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import terarec as hugectr
 from terarec.compat.embedding_collection import EmbeddingCollectionConfig, EmbeddingTableConfig
@@ -111,17 +112,241 @@ def test_shard_maps_mp_dp_and_column_wise():
         ebc.shard([["t0"]], [("tp", ["t0"])])
 
 
-def test_shared_table_and_multi_hot_concat_are_refused():
+def test_shared_table_maps_to_lookups_and_multi_hot_concat_is_refused():
     ebc = EmbeddingCollectionConfig()
     t = tables([10])[0]
     ebc.embedding_lookup(t, "d0", "a", "sum")
-    ebc.embedding_lookup(t, "d1", "b", "sum")
-    with pytest.raises(NotSupportedError, match="one table per lookup"):
+    ebc.embedding_lookup(t, "d1", "b", "average")
+    g = ebc.to_graph(schema(), collection_id=2, slot_size_array=[10, 10, 10])
+    assert [(s.top, s.bottom, s.combiner) for s in g.embeddings] == [
+        ("a", "d0", "sum"), ("b", "d1", "mean")]
+    assert [s.extra for s in g.embeddings] == [
+        {"collection": 2, "table": "t0", "table_id": 0, "key_offset": 0},
+        {"collection": 2, "table": "t0", "table_id": 0, "key_offset": 10}]
+    assert ebc.lookups_by_table() == {"t0": ["a", "b"]}
+    for call in (lambda: ebc.to_graph(schema(), world_size=2), lambda: ebc.placements(2)):
+        with pytest.raises(NotSupportedError, match="'t0'"):
+            call()
+    ebc.embedding_lookup(EmbeddingTableConfig("t0", 11, 8), "d2", "c", "sum")
+    with pytest.raises(ConfigError, match="one definition"):
         ebc.to_graph(schema())
     ebc = EmbeddingCollectionConfig()
     ebc.embedding_lookup(t, "d0", "a", "concat")
     with pytest.raises(NotSupportedError, match="concat"):
         ebc.to_graph(schema(nnz=2))
+
+
+# ------------------------------------------------------------------ a table shared by lookups
+VOCAB, EV, B = 20, 4, 16
+
+
+def shared_model(optimizer: str, direct: bool, lr: float = 0.05) -> hugectr.Model:
+    """Table ``t`` looked up twice (list form): ``d0`` (multi-hot) summed, ``d1`` averaged."""
+    solver = hugectr.CreateSolver(batchsize=B, batchsize_eval=B, lr=lr, seed=5,
+                                  use_embedding_collection=True)
+    reader = hugectr.DataReaderParams(
+        data_reader_type=hugectr.DataReaderType_t.RawAsync, source=["unused"],
+        eval_source="unused", check_type=hugectr.Check_t.Non, slot_size_array=[]) \
+        if direct else None
+    opt = hugectr.CreateOptimizer(optimizer_type=getattr(hugectr.Optimizer_t, optimizer))
+    model = hugectr.Model(solver, reader, opt)
+    model.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=4, dense_name="dense",
+                            data_reader_sparse_param_array=[
+                                hugectr.DataReaderSparseParam("d0", 3, False, 1),
+                                hugectr.DataReaderSparseParam("d1", 1, True, 1)]))
+    t = hugectr.EmbeddingTableConfig("t", VOCAB, EV)
+    ebc = hugectr.EmbeddingCollectionConfig()
+    ebc.embedding_lookup([t, t], ["d0", "d1"], "emb", ["sum", "average"])
+    model.add(ebc)
+    L = hugectr.Layer_t
+    model.add(hugectr.DenseLayer(L.Concat, ["emb", "dense"], ["c"]))
+    model.add(hugectr.DenseLayer(L.InnerProduct, ["c"], ["fc"], num_output=1))
+    model.add(hugectr.DenseLayer(L.BinaryCrossEntropyLoss, ["fc", "label"], ["loss"]))
+    model.compile()
+    return model
+
+
+def shared_batches(n: int, seed: int = 0) -> list[Any]:
+    from terarec.data.batch import Batch
+    from terarec.sparse import SparseInput
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        d0 = [[rng.integers(0, VOCAB, rng.integers(1, 4)).tolist()] for _ in range(B)]
+        d1 = [[rng.integers(0, VOCAB, 1).tolist()] for _ in range(B)]
+        out.append(Batch(labels=torch.tensor(rng.integers(0, 2, (B, 1)), dtype=torch.float32),
+                         dense=torch.tensor(rng.normal(size=(B, 4)), dtype=torch.float32),
+                         sparse={"d0": SparseInput.from_lists(d0),
+                                 "d1": SparseInput.from_lists(d1)}))
+    return out
+
+
+def bag_inputs(sparse: Any, mean: bool = False) -> dict[str, Any]:
+    """``nn.EmbeddingBag(mode="sum")`` arguments; ``mean``: weights 1/bag size."""
+    lengths = sparse.offsets[1:] - sparse.offsets[:-1]
+    weights = (1.0 / lengths.float()).repeat_interleave(lengths) if mean else None
+    return {"input": sparse.keys, "offsets": sparse.offsets[:-1],
+            "per_sample_weights": weights}
+
+
+def hugectr_adam(params: list[torch.Tensor], state: dict[int, Any], lr: float, t: int) -> None:
+    """Reference §5.2 Adam (beta1 0.9, beta2 0.999, eps 1e-7) on every element."""
+    for i, p in enumerate(params):
+        m, v = state.setdefault(i, (torch.zeros_like(p), torch.zeros_like(p)))
+        m.mul_(0.9).add_(0.1 * p.grad)
+        v.mul_(0.999).add_(0.001 * p.grad * p.grad)
+        p -= lr * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t) * m / (v.sqrt() + 1e-7)
+
+
+def reference_run(w0: np.ndarray, dense0: list[np.ndarray], batches: list[Any], optimizer: str,
+                  lr: float = 0.05) -> tuple[list[float], np.ndarray, list[np.ndarray]]:
+    """Plain PyTorch: one nn.EmbeddingBag used by both lookups, Linear, BCE-with-logits."""
+    bag = torch.nn.EmbeddingBag(VOCAB, EV, mode="sum")
+    w, b = (torch.tensor(x) for x in dense0)
+    with torch.no_grad():
+        bag.weight.copy_(torch.tensor(w0))
+    params = [bag.weight, w.requires_grad_(), b.requires_grad_()]
+    state: dict[int, Any] = {}
+    losses = []
+    for step, batch in enumerate(batches, 1):
+        a = bag(**bag_inputs(batch.sparse["d0"]))
+        c = bag(**bag_inputs(batch.sparse["d1"], mean=True))
+        logits = torch.cat([a, c, batch.dense], 1) @ w.reshape(-1, 1) + b.reshape(1, 1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            if optimizer == "SGD":
+                for p in params:
+                    p -= lr * p.grad
+            else:
+                hugectr_adam(params, state, lr, step)
+        losses.append(float(loss.detach()))
+    return losses, bag.weight.detach().numpy(), [w.detach().numpy(), b.detach().numpy()]
+
+
+def table_rows(model: hugectr.Model, name: str = "emb0") -> np.ndarray:
+    keys, vecs, _ = model.engine.tables[name].export()
+    return np.asarray(vecs)[np.argsort(keys)]
+
+
+@pytest.mark.parametrize("optimizer,direct", [("SGD", True), ("Adam", True), ("Adam", False)])
+def test_shared_table_trains_as_one_embedding_bag_used_twice(optimizer, direct):
+    model = shared_model(optimizer, direct)
+    tabs = model.engine.tables
+    assert tabs["emb0"].table is tabs["emb1"].table  # one set of rows
+    w0 = np.random.default_rng(1).uniform(-0.5, 0.5, (VOCAB, EV)).astype(np.float32)
+    tabs["emb1"].load(np.arange(VOCAB), w0)  # any lookup loads into the shared rows
+    dense0 = model.dense_weights_numpy()
+    batches = shared_batches(6)
+    losses = []
+    for batch in batches:
+        assert model.train(batch)
+        losses.append(model.get_current_loss())
+    ref_losses, ref_w, ref_dense = reference_run(w0, dense0, batches, optimizer)
+    np.testing.assert_allclose(losses, ref_losses, atol=TOL)
+    np.testing.assert_allclose(table_rows(model), ref_w, atol=TOL)
+    np.testing.assert_allclose(table_rows(model, "emb1"), ref_w, atol=TOL)  # every lookup
+    for got, want in zip(model.dense_weights_numpy(), ref_dense):
+        np.testing.assert_allclose(got.reshape(-1), want.reshape(-1), atol=TOL)
+    assert tabs["emb0"].optimizer.t == len(batches)  # one sparse step per training step
+
+
+def test_shared_table_saves_one_copy_and_reloads(tmp_path):
+    model = shared_model("Adam", True)
+    batches = shared_batches(4)
+    for batch in batches[:3]:
+        model.train(batch)
+    prefix = str(tmp_path / "m")
+    model.save_params_to_files(prefix, 3)
+    from terarec.checkpoint import hugectr_files as hf
+
+    first, second = (hf.read_sparse_folder(hf.sparse_path(prefix, i, 3), EV)[0] for i in (0, 1))
+    # every lookup's folder holds the table (each serves its lookup on its own)
+    assert len(first) == VOCAB and len(second) == VOCAB
+    fresh = shared_model("Adam", True)
+    fresh.load_training_state(prefix, 3)
+    np.testing.assert_allclose(fresh.predict(batches[3]), model.predict(batches[3]), atol=TOL)
+    model.train(batches[3])
+    fresh.train(batches[3])
+    assert abs(model.get_current_loss() - fresh.get_current_loss()) <= TOL
+    np.testing.assert_allclose(table_rows(fresh), table_rows(model), atol=TOL)
+
+
+def test_shared_table_serves_from_its_files(tmp_path):
+    """Each lookup's sparse folder holds the table, so an inference session over the saved
+    files (one table per lookup) predicts what the trained model predicts."""
+    from terarec.inference import CreateInferenceSession, InferenceParams
+
+    model = shared_model("Adam", True)
+    batches = shared_batches(4)
+    for batch in batches[:3]:
+        model.train(batch)
+    prefix = str(tmp_path / "m")
+    model.save_params_to_files(prefix, 3)
+    model.graph_to_json(str(tmp_path / "graph.json"))
+    params = InferenceParams(
+        model_name="m", max_batchsize=B, hit_rate_threshold=0.9,
+        dense_model_file=f"{prefix}_dense_3.model",
+        sparse_model_files=[f"{prefix}{i}_sparse_3.model" for i in range(2)], device_id=0,
+        use_gpu_embedding_cache=False, i64_input_key=True, cache_size_percentage=0.5)
+    session = CreateInferenceSession(str(tmp_path / "graph.json"), params)
+    last = batches[3]
+    keys = np.concatenate([last.sparse[n].keys.numpy() for n in ("d0", "d1")])
+    row_ptrs = np.concatenate([last.sparse[n].offsets.numpy() for n in ("d0", "d1")])
+    got = session.predict(last.dense.numpy().reshape(-1).tolist(), keys.tolist(),
+                          row_ptrs.tolist())
+    np.testing.assert_allclose(np.asarray(got).reshape(-1),
+                               np.asarray(model.predict(last)).reshape(-1), atol=1e-6)
+
+
+def test_shared_table_under_reader_offsets_and_freeze(data):
+    """With ``slot_size_array`` the reader offsets each input's keys; a shared table removes
+    them, so its keys are the table's own rows; freezing one lookup freezes the table."""
+    sizes = data["slot_sizes"]
+    solver = hugectr.CreateSolver(batchsize=64, batchsize_eval=64, lr=0.01, seed=3,
+                                  repeat_dataset=True, use_embedding_collection=True)
+    reader = hugectr.DataReaderParams(
+        data_reader_type=hugectr.DataReaderType_t.RawAsync, source=[data["train"]],
+        eval_source=data["eval"], check_type=hugectr.Check_t.Non, num_samples=data["n_train"],
+        eval_num_samples=data["n_eval"], slot_size_array=sizes,
+        async_param=hugectr.AsyncParam(1, 2, shuffle=False, multi_hot_reader=True,
+                                       is_dense_float=True))
+    model = hugectr.Model(solver, reader, hugectr.CreateOptimizer(
+        optimizer_type=hugectr.Optimizer_t.SGD))
+    model.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=data["dense_dim"],
+                            dense_name="dense", data_reader_sparse_param_array=[
+                                hugectr.DataReaderSparseParam(f"d{i}", 1, True, 1)
+                                for i in range(3)]))
+    ebc = hugectr.EmbeddingCollectionConfig()
+    t = hugectr.EmbeddingTableConfig("t", max(sizes), 8)
+    ebc.embedding_lookup(t, "d1", "a", "sum")
+    ebc.embedding_lookup(t, "d2", "b", "sum")
+    model.add(ebc)
+    L = hugectr.Layer_t
+    model.add(hugectr.DenseLayer(L.Concat, ["a", "b"], ["ab"]))
+    model.add(hugectr.DenseLayer(L.Reshape, ["ab"], ["flat"], leading_dim=16))
+    model.add(hugectr.DenseLayer(L.Concat, ["flat", "dense"], ["c"]))
+    model.add(hugectr.DenseLayer(L.InnerProduct, ["c"], ["fc"], num_output=1))
+    model.add(hugectr.DenseLayer(L.BinaryCrossEntropyLoss, ["fc", "label"], ["loss"]))
+    model.compile()
+    for _ in range(3):
+        assert model.train()
+    tabs = model.engine.tables
+    assert (tabs["a"].key_offset, tabs["b"].key_offset) == (sizes[0], sizes[0] + sizes[1])
+    ka, va, _ = tabs["a"].export()
+    kb, vb, _ = tabs["b"].export()
+    own = np.asarray(ka) - sizes[0]  # the table's own keys
+    assert len(own) and int(own.min()) >= 0 and int(own.max()) < max(sizes[1], sizes[2])
+    # each lookup exports the table in its input's key space
+    np.testing.assert_array_equal(np.asarray(kb) - (sizes[0] + sizes[1]), own)
+    np.testing.assert_array_equal(vb, va)
+    model.freeze_embedding("b")
+    before = table_rows(model, "a").copy()
+    assert model.train() and model.engine.tables["a"].frozen
+    np.testing.assert_array_equal(table_rows(model, "a")[: len(before)], before)
 
 
 # ------------------------------------------------------------------ a HugeCTR-style script
