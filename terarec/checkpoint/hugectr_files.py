@@ -10,7 +10,8 @@
 * ``{prefix}{i}_opt_sparse_{iter}.model``: sparse optimizer state (implementation-defined, as
   in HugeCTR).
 
-Every write goes to a temporary name and is renamed into place after fsync, so a crash never
+Remote URLs (``s3://``, ``hdfs://``, ...) are rejected (``terarec.utils.paths``). Every write
+goes to a temporary name and is renamed into place after fsync, so a crash never
 leaves a half-written file. Every read checks sizes and names the file on mismatch.
 """
 
@@ -26,6 +27,7 @@ import torch
 
 from terarec.errors import DataError
 from terarec.utils.atomic import atomic_dir, write_bytes_atomic
+from terarec.utils.paths import check_local_path
 
 
 def dense_path(prefix: str, it: int) -> str:
@@ -58,7 +60,7 @@ def write_dense(tensors: list[torch.Tensor], path: str | os.PathLike[str]) -> No
 
 def read_float32_file(path: str | os.PathLike[str], expected_count: int | None,
                       what: str) -> np.ndarray:
-    path = str(path)
+    path = str(check_local_path(path, f"reading the {what} file"))
     if not os.path.isfile(path):
         raise DataError(path, f"{what} file not found")
     size = os.path.getsize(path)
@@ -87,6 +89,7 @@ def write_ntp(state: list[dict[str, Any]], path: str | os.PathLike[str]) -> None
 
 
 def read_ntp(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    check_local_path(path, "reading the non-trainable parameters file")
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -120,7 +123,7 @@ def read_sparse_folder(
     path: str | os.PathLike[str], vec_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read ``key`` / ``emb_vector`` (/ ``slot_id``) and check that their sizes agree."""
-    folder = Path(path)
+    folder = Path(check_local_path(path, "reading a sparse model folder"))
     key_file, vec_file, slot_file = folder / "key", folder / "emb_vector", folder / "slot_id"
     if not folder.is_dir():
         raise DataError(str(folder), "sparse model folder not found")

@@ -16,6 +16,7 @@ import torch
 from terarec.checkpoint import hugectr_files as hf
 from terarec.errors import ConfigError, DataError
 from terarec.utils.atomic import write_bytes_atomic
+from terarec.utils.paths import check_local_path, check_local_paths
 
 
 class ModelFilesMixin:
@@ -33,7 +34,9 @@ class ModelFilesMixin:
         """Write every model file of §17.1 (dense, dense optimizer, sparse, sparse optimizer).
 
         With an Embedding Training Cache the sparse weights and optimizer states go in place
-        into the ``sparse_models`` folders of ``CreateETC`` instead (as HugeCTR)."""
+        into the ``sparse_models`` folders of ``CreateETC`` instead (as HugeCTR). A remote
+        ``prefix`` (``s3://...``) raises NotSupportedError before any file is written."""
+        check_local_path(prefix, "Model.save_params_to_files(prefix=...)")
         engine = self._engine()
         net = engine.network
         hf.write_dense(net.dense_weights(), hf.dense_path(prefix, iter))
@@ -67,6 +70,7 @@ class ModelFilesMixin:
 
     # ------------------------------------------------------------------ load
     def load_dense_weights(self, dense_model_file: str) -> None:
+        check_local_path(dense_model_file, "Model.load_dense_weights(dense_model_file=...)")
         engine = self._engine()
         hf.read_dense_into(engine.network.dense_weights(), dense_model_file)
         ntp = dense_model_file + ".ntp.json"
@@ -83,6 +87,8 @@ class ModelFilesMixin:
             layer.load_non_trainable({k: v for k, v in entry.items() if k not in ("type", "top")})
 
     def load_dense_optimizer_states(self, dense_opt_states_file: str) -> None:
+        check_local_path(dense_opt_states_file,
+                         "Model.load_dense_optimizer_states(dense_opt_states_file=...)")
         engine = self._engine()
         if engine.dense_optimizer is None:
             return
@@ -91,6 +97,7 @@ class ModelFilesMixin:
         engine.dense_optimizer.load_state_from_flat(data)
 
     def _table_files(self, files: Any, method: str) -> list[tuple[Any, str]]:
+        check_local_paths(files, f"Model.{method}")
         tables = self._engine().tables
         if isinstance(files, str):
             files = [files]
@@ -120,6 +127,7 @@ class ModelFilesMixin:
 
     def load_training_state(self, prefix: str, iter: int) -> None:  # noqa: A002
         """Load every file ``save_params_to_files(prefix, iter)`` wrote and the schedule position."""
+        check_local_path(prefix, "Model.load_training_state(prefix=...)")
         self.load_dense_weights(hf.dense_path(prefix, iter))
         self.load_dense_optimizer_states(hf.dense_opt_path(prefix, iter))
         n = len(self._engine().tables)

@@ -2,7 +2,9 @@
 
 Names, positional order and defaults follow HugeCTR's bindings (§4, §6 of the reference).
 ``DataSourceParams`` with a remote file system (HDFS/S3/GCS) is accepted but only the local
-file system is read; a remote source raises a clear error when the reader opens it.
+file system is read; a remote source (``s3://``, ``hdfs://``, ...) raises NotSupportedError
+here. A 0 in ``slot_size_array`` (HugeCTR's DIN / BST samples) adds no key offset: the slot
+shares the key range of the next slot whose size is positive.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from terarec.compat._check import check_bool, check_int, check_int_list
 from terarec.data.source_params import DataSourceParams
 from terarec.enums import Alignment_t, Check_t, DataReaderType_t, coerce
 from terarec.errors import ConfigError
+from terarec.utils.paths import check_local_paths
 
 
 @dataclass
@@ -84,12 +87,15 @@ class DataReaderParams:
                               self.source)
         if not isinstance(self.eval_source, str):
             raise ConfigError(f"{f}(eval_source=...)", "a path", self.eval_source)
+        for arg in ("source", "eval_source", "keyset"):
+            check_local_paths(getattr(self, arg), f"{f}({arg}=...)")
         check_int(f, "num_samples", self.num_samples, 0)
         check_int(f, "eval_num_samples", self.eval_num_samples, 0)
         check_int(f, "num_workers", self.num_workers, 1)
         self.slot_size_array = check_int_list(f, "slot_size_array", self.slot_size_array)
-        if any(s <= 0 for s in self.slot_size_array):
-            raise ConfigError(f"{f}(slot_size_array=...)", "positive slot sizes",
+        if any(s < 0 for s in self.slot_size_array):
+            raise ConfigError(f"{f}(slot_size_array=...)", "slot sizes >= 0 (0: the slot adds "
+                              "no key offset and shares the next slot's range)",
                               self.slot_size_array)
         self.float_label_dense = check_bool(f, "float_label_dense", self.float_label_dense)
         self.read_file_sequentially = check_bool(f, "read_file_sequentially",

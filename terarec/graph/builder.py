@@ -101,14 +101,55 @@ class DenseNetwork(nn.Module):
         if not self.loss_tops and require_loss:
             raise ConfigError("Model.compile", "at least one loss layer (e.g. "
                               "BinaryCrossEntropyLoss)", [s.type for s in self.specs])
-        self.loss_weights = dict(loss_weights or {})
+        self.loss_weights: dict[str, float] = {}
+        if loss_weights:
+            self.set_loss_weights(loss_weights)
+
+    def losses_of_labels(self) -> dict[str, list[str]]:
+        """``{label name: top names of the loss layers that take it as a bottom}``."""
+        labels = set(self.schema.label_names)
+        out: dict[str, list[str]] = {}
+        for ls, layer in zip(self.specs, self.layers):
+            if layer.is_loss:
+                for b in ls.bottom:
+                    if b in labels:
+                        out.setdefault(b, []).append(ls.top[0])
+        return out
 
     def set_loss_weights(self, weights: dict[str, float]) -> None:
-        for name in weights:
-            if name not in self.loss_tops:
-                raise ConfigError("Model.compile(loss_names)", f"names of loss layers "
-                                  f"{self.loss_tops}", name)
-        self.loss_weights = dict(weights)
+        """Weight each loss by name (``Model.compile(loss_names, loss_weights)``).
+
+        A name is a label name of the Input (HugeCTR: ``update_label_weights`` keys the weights
+        by label, e.g. MMoE's ``["50k_label", "married_label"]``; the weight applies to every
+        loss layer fed by that label) or a loss layer's top name (terarec's earlier form).
+        Unnamed losses keep their default weight.
+        """
+        by_label = self.losses_of_labels()
+        resolved: dict[str, float] = {}
+        named_by: dict[str, str] = {}
+        for name, weight in weights.items():
+            tops = self._losses_named(name, by_label)
+            for top in tops:
+                if top in named_by:
+                    raise ConfigError("Model.compile(loss_names)", f"each loss weighted once; "
+                                      f"{named_by[top]!r} and {name!r} both name loss {top!r}",
+                                      list(weights))
+                named_by[top] = name
+                resolved[top] = float(weight)
+        self.loss_weights = resolved
+
+    def _losses_named(self, name: str, by_label: dict[str, list[str]]) -> list[str]:
+        """The loss tops ``name`` (a label or a loss top name) selects; a clear error if none."""
+        if name in self.loss_tops:
+            return [name]
+        if name in by_label:
+            return by_label[name]
+        if name in self.schema.label_names:
+            raise ConfigError("Model.compile(loss_names)", f"a label that a loss layer reads "
+                              f"(labels with a loss: {sorted(by_label)})", name)
+        raise ConfigError("Model.compile(loss_names)", f"label names {list(by_label)} "
+                          f"(Input label_names, as HugeCTR) or loss layer names "
+                          f"{self.loss_tops}", name)
 
     def dense_weights(self) -> list[torch.Tensor]:
         """All trainable tensors in HugeCTR's dense-model-file order."""

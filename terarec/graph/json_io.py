@@ -20,6 +20,7 @@ from terarec.errors import ConfigError
 from terarec.graph.optimizer_json import optimizer_from_json, optimizer_to_json
 from terarec.graph.spec import EMBEDDING_TYPES, EmbeddingSpec, GraphSpec, LayerSpec
 from terarec.utils.atomic import write_bytes_atomic
+from terarec.utils.paths import check_local_path
 
 _ONE_OR_LIST = (str, list)
 
@@ -188,6 +189,7 @@ def graph_to_dict(spec: GraphSpec) -> dict[str, Any]:
 
 
 def write_graph_json(spec: GraphSpec, path: str | Path) -> None:
+    check_local_path(path, "graph_to_json(graph_config_file=...)")
     text = json.dumps(graph_to_dict(spec), indent=2)
     write_bytes_atomic(path, (text + "\n").encode())
 
@@ -227,7 +229,7 @@ def graph_from_dict(obj: Any, source: str = "graph JSON", num_gpus: int = 1,
 
 def read_graph_json(path: str | Path, num_gpus: int = 1,
                     include_dense_network: bool = True) -> GraphSpec:
-    path = Path(path)
+    path = Path(check_local_path(path, "graph JSON file (graph_config_file)"))
     try:
         text = path.read_text()
     except OSError as exc:

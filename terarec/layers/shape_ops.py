@@ -74,8 +74,9 @@ class Reshape(Layer):
     * v2 ``shape`` (full shape, batch included, one -1 allowed);
     * ``selected`` + ``selected_slots``: keep listed slots of (B, S, E) -> (B, len * E);
     * ``leading_dim`` (+ ``time_step``): (B, ...) -> (B, leading_dim) when leading_dim is the
-      elements per sample, (B * k, leading_dim) when it divides them, or
-      (B, time_step, leading_dim) with time_step * leading_dim = elements per sample.
+      elements per sample, (B * k, leading_dim) when it divides them, or with ``time_step``
+      (N / (time_step * leading_dim), time_step, leading_dim) for N input elements in all
+      (HugeCTR counts the whole tensor: DIN reshapes FusedReshapeConcat's (B*T, E) to (B, T, E)).
 
     JSON writes ``selected`` or ``leading_dim``/``time_step`` (as HugeCTR) and also ``shape``.
     """
@@ -109,10 +110,8 @@ class Reshape(Layer):
             if lead <= 0:
                 self.fail("leading_dim", "a positive value (or a v2 'shape')", lead)
             if step > 0:
-                if step * lead != per_sample:
-                    self.fail("time_step", f"time_step * leading_dim == {per_sample} "
-                              "(elements per sample)", (step, lead))
-                self.out_shape, self.runtime = (b, step, lead), [-1, step, lead]
+                self.out_shape = self._time_step_shape(step, lead)
+                self.runtime = [-1, step, lead]
             elif per_sample % lead == 0:
                 k = per_sample // lead
                 self.out_shape, self.runtime = (b * k, lead), [-1, lead]
@@ -123,6 +122,16 @@ class Reshape(Layer):
             else:
                 self.fail("leading_dim", f"a divisor or multiple of the {per_sample} elements "
                           "per row", lead)
+
+    def _time_step_shape(self, step: int, lead: int) -> Shape:
+        """HugeCTR's 3-D Reshape: ``(n / (time_step * leading_dim), time_step, leading_dim)``
+        where ``n`` counts every element of the input, batch rows included. So ``(B, T*E)`` and
+        the ``(B*T, E)`` history top of FusedReshapeConcat (DIN) both give ``(B, T, E)``."""
+        total = math.prod(self.in_shape)
+        if total % (step * lead):
+            self.fail("time_step", f"time_step * leading_dim dividing the {total} input "
+                      f"elements (input {self.in_shape})", (step, lead))
+        return (total // (step * lead), step, lead)
 
     def _v2_shape(self, shape: list[int]) -> Shape:
         total = math.prod(self.in_shape)

@@ -17,6 +17,10 @@ class LearningRateScheduler:
       ``max(base_lr * ((decay_start + decay_steps - step) / decay_steps) ** decay_power, end_lr)``
     * after that: ``end_lr``
 
+    ``warmup_steps=0`` means no warmup (the MLPerf DLRM ``train.py`` default), ``decay_start=0``
+    no decay; ``decay_steps=0`` with ``decay_start > 0`` drops straight to ``end_lr`` after
+    ``decay_start`` (the empty decay range of the same formula). Only negative counts are errors.
+
     Example:
         >>> s = LearningRateScheduler(1.0, warmup_steps=2)
         >>> [s.get_next() for _ in range(3)]
@@ -34,10 +38,12 @@ class LearningRateScheduler:
     ) -> None:
         if base_lr < 0:
             raise ConfigError("lr", "a non-negative learning rate", base_lr)
-        if warmup_steps < 1:
-            raise ConfigError("warmup_steps", "an integer >= 1", warmup_steps)
-        if decay_steps < 1:
-            raise ConfigError("decay_steps", "an integer >= 1", decay_steps)
+        if warmup_steps < 0:
+            raise ConfigError("warmup_steps", "an integer >= 0 (0: no warmup)", warmup_steps)
+        if decay_start < 0:
+            raise ConfigError("decay_start", "an integer >= 0 (0: never decay)", decay_start)
+        if decay_steps < 0:
+            raise ConfigError("decay_steps", "an integer >= 0", decay_steps)
         if decay_power < 1:
             raise ConfigError("decay_power", "a number >= 1", decay_power)
         if end_lr < 0:
@@ -51,7 +57,8 @@ class LearningRateScheduler:
         self.step = 0
 
     def lr_at(self, step: int) -> float:
-        if step <= self.warmup_steps:
+        """The rate of 1-based ``step`` (the formula in the class docstring)."""
+        if self.warmup_steps and step <= self.warmup_steps:
             return step * self.base_lr / self.warmup_steps
         if self.decay_start == 0 or step <= self.decay_start:
             return self.base_lr

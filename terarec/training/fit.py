@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from terarec.errors import ConfigError, TrainingError
 from terarec.training.callbacks import ProgressBar, TensorBoardSink
 from terarec.training.logging import log
+from terarec.utils.paths import check_local_path
 
 
 class Trainable(Protocol):
@@ -51,6 +52,9 @@ def run_fit(model: Any, opts: FitOptions) -> None:
     for name in ("display", "eval_interval", "snapshot"):
         if getattr(opts, name) <= 0:
             raise ConfigError(f"fit({name}=...)", "a positive integer", getattr(opts, name))
+    # fail now, not at the first snapshot hours later
+    check_local_path(opts.snapshot_prefix, "fit(snapshot_prefix=...)")
+    check_local_path(opts.tensorboard_dir, "fit(tensorboard_dir=...)")
     callbacks = list(getattr(solver, "training_callbacks", []) or [])
     scheduler = model.get_learning_rate_scheduler()
     batch = solver.batchsize

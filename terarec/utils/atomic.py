@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from terarec.utils.paths import check_local_path
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a temporary file next to ``path``; on success fsync and rename it into place."""
-    path = Path(path)
+    """Open a temporary file next to ``path``; on success fsync and rename it into place.
+
+    A remote URL (``s3://...``) raises NotSupportedError before anything is created."""
+    path = Path(check_local_path(path, "writing a file"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -34,8 +38,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` (an old one is removed)."""
-    path = Path(path)
+    """Yield a temporary folder; on success it replaces ``path`` (an old one is removed).
+
+    A remote URL (``s3://...``) raises NotSupportedError before anything is created."""
+    path = Path(check_local_path(path, "writing a folder"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

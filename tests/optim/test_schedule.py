@@ -9,7 +9,7 @@ from terarec.optim.schedule import LearningRateScheduler
 
 
 def hugectr_formula(step, base, warmup, start, steps, power, end):
-    if step <= warmup:
+    if warmup and step <= warmup:
         return step * base / warmup
     if start == 0 or step <= start:
         return base
@@ -45,4 +45,18 @@ def test_schedule_state_and_errors():
     with pytest.raises(ConfigError, match="decay_power"):
         LearningRateScheduler(0.1, decay_power=0.5)
     with pytest.raises(ConfigError, match="warmup_steps"):
-        LearningRateScheduler(0.1, warmup_steps=0)
+        LearningRateScheduler(0.1, warmup_steps=-1)
+    with pytest.raises(ConfigError, match="decay_steps"):
+        LearningRateScheduler(0.1, decay_steps=-1)
+
+
+@pytest.mark.parametrize("args", [(0.5, 0, 0, 0, 2.0, 0.0), (1.0, 0, 3, 4, 2.0, 0.1),
+                                  (1.0, 2, 4, 0, 2.0, 0.05)])
+def test_zero_warmup_and_decay_steps(args):
+    """MLPerf DLRM train.py passes warmup_steps=0 / decay_steps=0: no warmup / no decay range."""
+    sched = LearningRateScheduler(*args)
+    lrs = [sched.get_next() for _ in range(12)]
+    assert lrs == pytest.approx([hugectr_formula(s, *args) for s in range(1, 13)], rel=1e-12)
+    if args[1] == 0:
+        assert lrs[0] == args[0]  # no warmup: the base rate from step 1
+    assert sched.get_lr() == lrs[-1]

@@ -65,9 +65,26 @@ def test_weighted_losses_and_two_predictions(data):
     assert np.isfinite(model.get_current_loss())
 
 
+def test_loss_names_may_be_label_names(data):
+    """HugeCTR's MMoE sample: compile(loss_names=[label names], ...) (update_label_weights)."""
+    model = build(data)
+    model.compile(loss_names=["label1", "label2"], loss_weights=[0.25, 0.75])
+    assert model.engine.network.loss_weights == {"loss1": 0.25, "loss2": 0.75}
+    model.fit(max_iter=3, display=1000, eval_interval=1000, snapshot=1000)
+    out = model.engine.last_train
+    torch.testing.assert_close(out.loss, 0.25 * out.losses["loss1"] + 0.75 * out.losses["loss2"])
+    mixed = build(data)  # a label for one loss, a loss top name for the other
+    mixed.compile(loss_names=["label2", "loss1"], loss_weights=[0.4, 0.6])
+    assert mixed.engine.network.loss_weights == {"loss2": 0.4, "loss1": 0.6}
+
+
 def test_compile_rejects_unknown_loss_name(data):
     model = build(data)
-    with pytest.raises(ConfigError, match="loss3"):
+    with pytest.raises(ConfigError, match="loss3") as ei:
         model.compile(loss_names=["loss1", "loss3"], loss_weights=[0.5, 0.5])
+    msg = str(ei.value)  # lists both accepted kinds of names
+    assert "'label1', 'label2'" in msg and "'loss1', 'loss2'" in msg
     with pytest.raises(ConfigError, match="same length"):
         build(data).compile(loss_names=["loss1"], loss_weights=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="weighted once"):
+        build(data).compile(loss_names=["label1", "loss1"], loss_weights=[0.5, 0.5])

@@ -36,6 +36,7 @@ from terarec.data.readers.chunk import Chunk
 from terarec.data.schema import DataSchema
 from terarec.enums import name_of
 from terarec.errors import ConfigError, DataError
+from terarec.utils.paths import check_local_path, check_local_paths
 
 
 @dataclass
@@ -66,15 +67,16 @@ class ReaderConfig:
             raise ConfigError("ReaderConfig.check_type", "'Sum' or 'Non' (Check_t)",
                               self.check_type)
         self.slot_size_array = [int(s) for s in self.slot_size_array]
-        if any(s <= 0 for s in self.slot_size_array):
-            raise ConfigError("ReaderConfig.slot_size_array", "positive sizes",
-                              self.slot_size_array)
+        if any(s < 0 for s in self.slot_size_array):
+            raise ConfigError("ReaderConfig.slot_size_array", "sizes >= 0 (0: no key offset, "
+                              "the slot shares the next slot's range)", self.slot_size_array)
         if self.num_samples < 0:
             raise ConfigError("ReaderConfig.num_samples", "a non-negative count", self.num_samples)
 
 
 def read_file_list(path: str) -> list[str]:
     """Parse a HugeCTR file list (§15.1): first line N, then N paths (relative to the CWD)."""
+    check_local_path(path, "reader source (file list)")
     if not os.path.isfile(path):
         raise DataError(path, "file list does not exist")
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -100,6 +102,7 @@ def check_files_exist(paths: list[str], where: str) -> None:
     if not paths:
         raise DataError(where, "no data files (empty file list)")
     for p in paths:
+        check_local_path(p, f"data file listed in {where}")
         if not os.path.isfile(p):
             raise DataError(p, f"data file does not exist (listed in {where})")
 
@@ -116,6 +119,7 @@ class FormatSource(ABC):
         self.config = config
         self.schema = schema
         self.rank, self.world_size = 0, 1
+        check_local_paths(config.source, f"{self.__class__.__name__}(source=...)")
         self.paths = self.resolve(config.source)
         self.counts = [self.file_num_samples(p) for p in self.paths] if self.counts_known else []
 

@@ -236,13 +236,45 @@ def int_dense_to_log(path: str, ints: np.ndarray, row0: int) -> np.ndarray:
     return _log1p_table().take(idx)
 
 
+#: key limit of a slot without one (size-0 slots after the last slot of positive size)
+NO_KEY_LIMIT = int(np.iinfo(np.int64).max)
+
+
+def slot_offsets(sizes: list[int]) -> np.ndarray:
+    """HugeCTR's per-slot key offsets ``sum(slot_size_array[:s])`` (int64)."""
+    return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)[:-1])).astype(np.int64)
+
+
+def slot_key_limits(sizes: list[int]) -> np.ndarray:
+    """Per-slot exclusive upper bound of the keys (before offsets) ``slot_size_array`` allows.
+
+    A positive size ``n`` allows keys ``0 <= key < n``. A size 0 adds nothing to the offsets, so
+    the slot's keys land in the id range of the next slot whose size is positive (HugeCTR's DIN
+    and BST samples: the history item slots share the target item slot's vocabulary); they are
+    bounded by that size. Size-0 slots after the last positive one have no bound
+    (:data:`NO_KEY_LIMIT`).
+
+    Example:
+        >>> slot_key_limits([5, 0, 0, 3, 0]).tolist()[:4]
+        [5, 3, 3, 3]
+    """
+    limits = np.full(len(sizes), NO_KEY_LIMIT, dtype=np.int64)
+    bound = NO_KEY_LIMIT
+    for s in range(len(sizes) - 1, -1, -1):
+        if sizes[s] > 0:
+            bound = int(sizes[s])
+        limits[s] = bound
+    return limits
+
+
 def check_keys(
     path: str, keys: np.ndarray, slot_of_key: np.ndarray | None, sizes: np.ndarray | None,
     row_of_key: np.ndarray | None, row0: int, i64: bool, slot_names: list[str] | None = None,
 ) -> None:
     """Negative keys, keys beyond the slot size and (32-bit mode) keys over 2^32-1 are errors.
 
-    ``keys`` are per-slot keys before offsets; ``sizes[slot_of_key]`` is the limit of each key.
+    ``keys`` are per-slot keys before offsets; ``sizes[slot_of_key]`` is the limit of each key
+    (:func:`slot_key_limits` of the ``slot_size_array``).
     ``row_of_key`` maps a key to its sample (only used to build the message).
     """
     if keys.size == 0:
@@ -265,4 +297,5 @@ def check_keys(
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             fail(bad, f"key {{key}} is beyond the slot size {int(lim[j])} "
-                 "(slot_size_array); expected 0 <= key < slot size")
+                 "(slot_size_array); expected 0 <= key < slot size (a slot of size 0 shares "
+                 "the range of the next slot of positive size)")

@@ -18,7 +18,8 @@ from the first file's schema, in file column order:
 Any other column (e.g. strings) is an error: preprocess it first. The numbers of label, dense
 and slot columns must match the schema. Keys: negative values are errors; with
 ``slot_size_array`` keys must be below their slot size and get the offset
-``sum(slot_size_array[:s])``; without ``i64_input_key`` keys (after offsets) must fit 32 bits.
+``sum(slot_size_array[:s])`` (a size 0 adds no offset: the slot shares the next positive slot's
+range and size); without ``i64_input_key`` keys (after offsets) must fit 32 bits.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ import numpy as np
 
 from terarec.data.readers.base import FormatSource, check_files_exist, read_file_list
 from terarec.data.readers.chunk import (
+    NO_KEY_LIMIT,
     Chunk,
     check_dense_finite,
     check_keys,
     fixed_lengths,
+    slot_key_limits,
+    slot_offsets,
     split_slots,
 )
 from terarec.errors import DataError
@@ -184,9 +188,12 @@ class ParquetSource(FormatSource):
         """Slot sizes, slot offsets and nnz limits as arrays (used by every row group)."""
         S = len(self.columns.cats)
         sizes = self.config.slot_size_array
-        self._sizes = np.asarray(sizes, dtype=np.int64) if sizes else None
-        self._offs = (np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64) if sizes
-                      else np.zeros(S, dtype=np.int64))
+        # per-slot key limits (a size-0 slot: the next positive size, see slot_key_limits)
+        self._sizes = slot_key_limits(sizes) if sizes else None
+        self._offs = slot_offsets(sizes) if sizes else np.zeros(S, dtype=np.int64)
+        # first id after each slot's range (offset + limit, saturated for unbounded slots)
+        self._ends = (None if self._sizes is None else
+                      self._offs + np.minimum(self._sizes, NO_KEY_LIMIT - self._offs))
         self._maxnnz = np.asarray([m for sp in self.schema.sparse for m in sp.nnz_per_slot],
                                   dtype=np.int64)
 
@@ -322,7 +329,7 @@ class ParquetSource(FormatSource):
         else:
             np.add(t, self._offs, out=mat, casting="unsafe")
             top = _column_reduce(mat, np.maximum)
-            bad = top >= self._offs + self._sizes
+            bad = top >= self._ends
             if signed:  # negative keys (or int64 wrap-around)
                 bad |= _column_reduce(mat, np.minimum) < self._offs
         if bad.any():

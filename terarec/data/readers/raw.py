@@ -34,6 +34,8 @@ from terarec.data.readers.chunk import (
     check_keys,
     fixed_lengths,
     int_dense_to_log,
+    slot_key_limits,
+    slot_offsets,
     split_slots,
 )
 from terarec.data.schema import DataSchema
@@ -117,19 +119,19 @@ class _FixedRecordSource(FormatSource):
     def _check_sizes(self, path: str, keys: np.ndarray, start: int, slot_of_col: np.ndarray,
                      raw_message: bool) -> None:
         """Keys ``(n, K)`` (before offsets) against ``slot_size_array``; error at the first bad."""
-        sizes = self.config.slot_size_array
-        if not keys.size or int(keys.max()) < min(sizes):
+        limits = slot_key_limits(self.config.slot_size_array)
+        if not keys.size or int(keys.max()) < int(limits.min()):
             return
-        lim = np.asarray(sizes, dtype=np.int64)[slot_of_col]
+        lim = limits[slot_of_col]
         bad = keys >= lim
         if not bad.any():
             return
         r, c = np.argwhere(bad)[0]
         if raw_message:
             raise DataError(path, f"key {int(keys[r, c])} is beyond the slot size "
-                            f"{sizes[slot_of_col[c]]} (slot_size_array)", row=start + int(r),
+                            f"{int(lim[c])} (slot_size_array)", row=start + int(r),
                             field=f"slot {int(slot_of_col[c])}")
-        check_keys(path, keys[r, c:c + 1], slot_of_col[c:c + 1], np.asarray(sizes),
+        check_keys(path, keys[r, c:c + 1], slot_of_col[c:c + 1], limits,
                    np.array([r]), start, True)
 
 
@@ -201,7 +203,7 @@ class RawAsyncSource(_FixedRecordSource):
                 raise DataError(path, f"slot_size_array has {len(sizes)} entries, the schema has "
                                 f"{len(nnz)} slots")
             self._check_sizes(path, keys, start, slot_of_col, False)
-            off = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)[slot_of_col]
+            off = slot_offsets(sizes)[slot_of_col]
             if i64:
                 keys = keys + off
             else:
