@@ -50,6 +50,7 @@ from terarec.compat.etc_store import (
 from terarec.embedding.table_io import LAST_STEP_KEY
 from terarec.enums import TrainPSType_t, coerce
 from terarec.errors import ConfigError, DataError, NotSupportedError
+from terarec.utils.paths import check_local_path
 
 #: fit's snapshot interval under ETC: HugeCTR ignores ``snapshot`` with ETC.
 _NO_SNAPSHOT = 2**62
@@ -128,6 +129,9 @@ def CreateETC(ps_types: list[Any],  # noqa: N802 - HugeCTR's name
     types = [coerce(TrainPSType_t, t, f"{f}(ps_types[{i}])") for i, t in enumerate(ps_types)]
     models = _str_list(f, "sparse_models", sparse_models or [])
     paths = _str_list(f, "local_paths", local_paths or [])
+    for name, values in (("sparse_models", models), ("local_paths", paths)):
+        for i, path in enumerate(values):
+            check_local_path(path, f"{f}({name}[{i}])")
     configs = list(hmem_cache_configs or [])
     for i, c in enumerate(configs):
         if not isinstance(c, HMemCacheConfig):

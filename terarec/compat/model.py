@@ -39,6 +39,7 @@ from terarec.training.fit import FitOptions, run_fit
 from terarec.training.precision import PrecisionConfig
 from terarec.training.tables import build_tables
 from terarec.utils.device import resolve_device
+from terarec.utils.paths import check_local_path
 
 
 class Model(ModelFilesMixin):
@@ -475,6 +476,7 @@ class Model(ModelFilesMixin):
             raise ConfigError("export_predictions", "an eval() step run first", None)
         for path, t in ((output_prediction_file_name, out.predictions),
                         (output_label_file_name, out.labels)):
+            check_local_path(path, "Model.export_predictions")
             with open(path, "a") as fh:
                 fh.write(" ".join(f"{v:.8g}" for v in t.float().cpu().reshape(-1).tolist()))
                 fh.write("\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from terarec.errors import DataError
+from terarec.utils.paths import check_local_path
 
 
 def read_sparse_model(folder: str | os.PathLike[str], dim: int | None = None
@@ -73,7 +74,7 @@ def iter_chunks(keys: np.ndarray, vectors: np.ndarray, chunk: int = 1 << 18
 def write_sparse_model(folder: str | os.PathLike[str], keys: np.ndarray,
                        vectors: np.ndarray) -> Path:
     """Write ``key`` and ``emb_vector`` in HugeCTR's layout (tests, benchmarks, examples)."""
-    folder = Path(folder)
+    folder = Path(check_local_path(folder, "write_sparse_model(folder=...)"))
     folder.mkdir(parents=True, exist_ok=True)
     np.asarray(keys, dtype="<i8").tofile(folder / "key")
     np.asarray(vectors, dtype="<f4").tofile(folder / "emb_vector")

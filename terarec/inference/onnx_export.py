@@ -17,6 +17,7 @@ from torch import nn
 from terarec.graph.inference import build_inference_network
 from terarec.utils.atomic import atomic_file
 from terarec.utils.imports import require
+from terarec.utils.paths import check_local_path
 
 
 class _Exportable(nn.Module):
@@ -47,6 +48,7 @@ def export_onnx(graph_json_path: str | os.PathLike[str], dense_model_file: str |
     input_names = [schema.dense_name, *emb_names]
     dynamic = {name: {0: "batch"} for name in input_names}
     dynamic["output"] = {0: "batch"}
+    check_local_path(onnx_path, "export_onnx(onnx_path=...)")
     Path(onnx_path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(onnx_path) as fh:
         torch.onnx.export(module, example, fh, input_names=input_names, output_names=["output"],

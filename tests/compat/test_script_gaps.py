@@ -24,6 +24,7 @@ from terarec.data.readers.chunk import NO_KEY_LIMIT, slot_key_limits
 from terarec.data.readers.parquet import ParquetSource, _FilePlan
 from terarec.data.schema import DataSchema, SparseSpec
 from terarec.errors import ConfigError, DataError, NotSupportedError
+from terarec.inference.model_files import write_sparse_model
 from terarec.layers import build_layer
 from terarec.utils.atomic import atomic_file
 from terarec.utils.paths import check_local_path, url_scheme
@@ -194,6 +195,18 @@ def test_writes_to_remote_paths_raise_and_create_nothing(tmp_path, monkeypatch, 
         model.load_training_state(url, 0)
     with pytest.raises(NotSupportedError), atomic_file(Path(url)):
         pass
+    model.fit(max_iter=1, display=1000, eval_interval=1000, snapshot=1000)
+    model.eval()
+    with pytest.raises(NotSupportedError, match="export_predictions"):
+        model.export_predictions(url + ".pred", url + ".label")
+    with pytest.raises(NotSupportedError, match="sparse_models"):
+        hugectr.CreateETC([hugectr.TrainPSType_t.Staged], sparse_models=[url])
+    with pytest.raises(NotSupportedError, match="local_paths"):
+        hugectr.CreateETC([hugectr.TrainPSType_t.Cached], sparse_models=["m0"],
+                          local_paths=[url], hmem_cache_configs=[hugectr.CreateHMemCache(
+                              1, 0.5, 0)])
+    with pytest.raises(NotSupportedError, match="write_sparse_model"):
+        write_sparse_model(url, np.zeros(1, np.int64), np.zeros((1, 4), np.float32))
     assert set(os.listdir(tmp_path)) == before  # no local "s3:" / "https:" folder
 
 
