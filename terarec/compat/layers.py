@@ -14,6 +14,7 @@ from terarec.compat._check import check_float, check_int, check_str
 from terarec.compat.optimizer import OptParamsPy
 from terarec.compat.reader import DataReaderSparseParam
 from terarec.data.schema import DataSchema, SparseSpec
+from terarec.embedding.config import EvictionPolicy
 from terarec.enums import (
     Activation_t,
     Embedding_t,
@@ -113,7 +114,14 @@ class HybridEmbeddingParam:
 
 
 class SparseEmbedding:
-    """``hugectr.SparseEmbedding``: one embedding table pooled per slot (sum or mean)."""
+    """``hugectr.SparseEmbedding``: one embedding table pooled per slot (sum or mean).
+
+    terarec extension: ``eviction=`` (an :class:`terarec.embedding.config.EvictionPolicy` or
+    its dict, e.g. ``{"policy": "lru", "target": 0.8, "admit_after": 2}``) makes the hash
+    table admit keys, evict rows when full (LRU / LFU / TTL) and report its occupancy
+    (``terarec.compat.embedding_stats``); keys without a row are a zero vector with no
+    gradient. Single-process, hash embedding types only. Not part of HugeCTR's API.
+    """
 
     def __init__(
         self,
@@ -126,6 +134,8 @@ class SparseEmbedding:
         slot_size_array: list[int] | None = None,
         optimizer: OptParamsPy | None = None,
         hybrid_embedding_param: HybridEmbeddingParam | None = None,
+        *,
+        eviction: EvictionPolicy | dict[str, Any] | None = None,
     ) -> None:
         f = "SparseEmbedding"
         self.embedding_type = coerce(Embedding_t, embedding_type, f"{f}(embedding_type=...)")
@@ -153,6 +163,13 @@ class SparseEmbedding:
                               optimizer)
         self.optimizer = optimizer or OptParamsPy()
         self.hybrid_embedding_param = hybrid_embedding_param or HybridEmbeddingParam()
+        self.eviction = None if eviction is None else EvictionPolicy.coerce(
+            eviction, f"{f}({self.sparse_embedding_name!r}).eviction")
+        if self.eviction is not None and name_of(self.embedding_type) == \
+                "LocalizedSlotSparseEmbeddingOneHot":
+            raise ConfigError(f"{f}({self.sparse_embedding_name!r}).eviction",
+                              "None for LocalizedSlotSparseEmbeddingOneHot (eviction needs a "
+                              "hash embedding type)", eviction)
 
     def to_spec(self) -> EmbeddingSpec:
         return EmbeddingSpec(
@@ -164,6 +181,7 @@ class SparseEmbedding:
             workspace_size_per_gpu_in_mb=self.workspace_size_per_gpu_in_mb,
             slot_size_array=self.slot_size_array,
             optimizer=self.optimizer.config,
+            extra={"eviction": self.eviction.to_dict()} if self.eviction is not None else {},
         )
 
 

@@ -12,6 +12,11 @@ Owns two :class:`~terarec.embedding.types.KeyIndex` implementations:
   row = key, no probing at all.
 
 Both raise :class:`~terarec.errors.CapacityError` instead of silently overwriting rows.
+
+:class:`RecyclingHashIndex` (tables with an eviction policy, :mod:`terarec.embedding.eviction`)
+is a :class:`HashIndex` whose keys can be removed: a removed key's slot becomes a tombstone
+(probing walks past it, inserts may reuse it) and its row goes to a free list that later inserts
+take first (lowest row first).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from terarec.embedding.types import InsertResult
 from terarec.errors import CapacityError
 
 _MIN_SLOTS = 64
+_EMPTY = -1  # slot row of a never-used slot (ends a probe)
+_TOMBSTONE = -2  # slot row of a removed key (a probe walks past it)
 
 
 def _next_pow2(n: int) -> int:
@@ -114,7 +121,7 @@ class HashIndex(KeyIndexBase):
             r = self._slot_rows[pos]
             hit = (r >= 0) & (self._slot_keys[pos] == want)
             out[active[hit]] = r[hit]
-            go_on = (r >= 0) & ~hit
+            go_on = (r != _EMPTY) & ~hit  # tombstones (RecyclingHashIndex) do not end a probe
             active, pos, want = active[go_on], (pos[go_on] + 1) & mask, want[go_on]
         return out
 
@@ -269,6 +276,122 @@ class DirectIndex(KeyIndexBase):
 
     def rows(self) -> torch.Tensor:
         return self.keys()
+
+
+class RecyclingHashIndex(HashIndex):
+    """A :class:`HashIndex` whose keys can be removed (:meth:`remove_rows`) and whose freed rows
+    are reused by later inserts (lowest free row first, then new rows past ``row_extent``).
+
+    ``keys()`` / ``rows()`` list the live rows only, ascending; ``row_extent`` is the high-water
+    mark of rows ever used. Removed keys leave tombstones in the slot array; it is rebuilt from
+    the live keys when live keys + tombstones would pass a load factor of 1/2.
+
+    Example:
+        >>> idx = RecyclingHashIndex(4)
+        >>> idx.lookup_or_insert(torch.tensor([10, 11, 12])).tolist()
+        [0, 1, 2]
+        >>> idx.remove_rows(torch.tensor([1]))
+        >>> idx.lookup_or_insert(torch.tensor([13, 12])).tolist()
+        [1, 2]
+        >>> idx.keys().tolist()
+        [10, 13, 12]
+    """
+
+    def clear(self) -> None:
+        super().clear()
+        self._live = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self._free = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._extent = 0
+        self._tombstones = 0
+
+    @property
+    def row_extent(self) -> int:
+        return self._extent
+
+    def _rebuild(self, total_keys: int) -> None:
+        """New slot array for ``total_keys`` keys (load factor <= 1/2), live keys re-placed."""
+        live = self.rows()
+        self._alloc_slots(max(_MIN_SLOTS, _next_pow2(2 * total_keys)))
+        self._tombstones = 0
+        self._place(self._row_keys[live], live)
+
+    def _grow_rows(self, extent: int) -> None:
+        if extent > self._row_keys.numel():
+            size = min(self.capacity, max(extent, 2 * self._row_keys.numel(), 16))
+            keys = torch.zeros(size, dtype=torch.int64, device=self.device)
+            live = torch.zeros(size, dtype=torch.bool, device=self.device)
+            keys[: self._extent] = self._row_keys[: self._extent]
+            live[: self._extent] = self._live[: self._extent]
+            self._row_keys, self._live = keys, live
+
+    def insert(self, keys: torch.Tensor) -> InsertResult:
+        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        rows_u = self._probe(uniq)
+        missing = torch.nonzero(rows_u < 0).squeeze(1)
+        n_new = missing.numel()
+        if n_new == 0:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return InsertResult(rows_u[inverse], empty, empty)
+        needed = self._num_keys + n_new
+        if needed > self.capacity:
+            raise _capacity_error(self.name, self.capacity, needed)
+        first = _first_positions(inverse, uniq.numel())
+        new_first, order = torch.sort(first[missing])
+        missing = missing[order]
+        reuse = min(n_new, self._free.numel())
+        fresh = torch.arange(self._extent, self._extent + n_new - reuse, device=self.device)
+        new_rows = torch.cat([self._free[:reuse], fresh])
+        self._free = self._free[reuse:]
+        rows_u[missing] = new_rows
+        if 2 * (needed + self._tombstones) > self.num_slots:
+            self._rebuild(needed)
+        self._grow_rows(self._extent + fresh.numel())
+        self._place(uniq[missing], new_rows)
+        self._row_keys[new_rows] = uniq[missing]
+        self._live[new_rows] = True
+        self._extent += fresh.numel()
+        self._num_keys = needed
+        return InsertResult(rows_u[inverse], new_rows, new_first)
+
+    def _slots_of(self, keys: torch.Tensor) -> torch.Tensor:
+        """Slot position of each key (all present): linear probing as in ``_probe``."""
+        out = torch.empty_like(keys)
+        mask = self.num_slots - 1
+        active = torch.arange(keys.numel(), device=keys.device)
+        pos, want = self._home(keys), keys
+        while active.numel():
+            r = self._slot_rows[pos]
+            hit = (r >= 0) & (self._slot_keys[pos] == want)
+            out[active[hit]] = pos[hit]
+            go_on = (r != _EMPTY) & ~hit
+            active, pos, want = active[go_on], (pos[go_on] + 1) & mask, want[go_on]
+        return out
+
+    def remove_rows(self, rows: torch.Tensor) -> None:
+        """Remove the keys of ``rows`` (distinct live rows); the rows become free for reuse."""
+        rows = rows.reshape(-1).to(device=self.device, dtype=torch.int64)
+        if rows.numel() == 0:
+            return
+        if rows.numel() != torch.unique(rows).numel() or not bool(
+                ((rows >= 0) & (rows < self._extent)).all() and self._live[rows].all()):
+            raise ValueError(f"embedding table {self.name!r}: remove_rows needs distinct live "
+                             f"rows, got {rows.tolist()[:16]}")
+        self._slot_rows[self._slots_of(self._row_keys[rows])] = _TOMBSTONE
+        self._tombstones += rows.numel()
+        self._live[rows] = False
+        self._free = torch.sort(torch.cat([self._free, rows])).values
+        self._num_keys -= rows.numel()
+
+    def keys_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Keys of live ``rows``."""
+        return self._row_keys[rows]
+
+    def keys(self) -> torch.Tensor:
+        return self._row_keys[self.rows()].clone()
+
+    def rows(self) -> torch.Tensor:
+        return torch.nonzero(self._live[: self._extent]).squeeze(1)
 
 
 INDEX_TYPES = {"hash": HashIndex, "direct": DirectIndex}

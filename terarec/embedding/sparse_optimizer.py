@@ -74,6 +74,13 @@ class SparseOptimizer:
         self.states = [fn(s) for s in self.states]
         self.last_step = fn(self.last_step)
 
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Give ``rows`` the state of a fresh row (a reused row of an evicting table)."""
+        for s, v in zip(self.states, self._init):
+            s[rows] = v
+        if self.lazy:
+            self.last_step[rows] = 0
+
     def reset(self) -> None:
         """Back to the state of a fresh optimizer (weights are not touched)."""
         for s, v in zip(self.states, self._init):

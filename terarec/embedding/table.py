@@ -6,9 +6,12 @@ those rows in place right there. The table weight is not an ``nn.Parameter`` and
 gradient of it is ever built; the dense optimizer never sees it.
 
 Rows are created on first sight of a key (training and evaluation alike, as HugeCTR's hash
-table does) and initialised by :mod:`terarec.embedding.init`. One optimizer step is applied per
-backward through the table; set the learning rate (:meth:`set_learning_rate`) and loss
-``scaler`` before the backward.
+table does) and initialised by :mod:`terarec.embedding.init`. A hash table whose config has an
+:class:`~terarec.embedding.config.EvictionPolicy` (terarec extension) instead admits, evicts
+and counts rows in training lookups only, always on this reference path
+(:mod:`terarec.embedding.eviction`); its keys without a row pool as zero vectors.
+One optimizer step is applied per backward through the table; set the learning rate
+(:meth:`set_learning_rate`) and loss ``scaler`` before the backward.
 
 Saving and loading (HugeCTR's ``key`` / ``emb_vector`` / ``slot_id`` arrays and optimizer
 states) is in :mod:`terarec.embedding.table_io`.
@@ -23,9 +26,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from terarec.embedding import eviction as evict
 from terarec.embedding import fast_path, fast_path_hash, table_io
 from terarec.embedding.config import TableConfig
-from terarec.embedding.hash_index import INDEX_TYPES
+from terarec.embedding.hash_index import INDEX_TYPES, RecyclingHashIndex
 from terarec.embedding.init import draw_seed, init_vectors, slots_of_positions
 from terarec.embedding.sparse_optimizer import SparseOptimizer
 from terarec.embedding.types import KeyIndex
@@ -38,8 +42,12 @@ DIRECT_TYPES = ("LocalizedSlotSparseEmbeddingOneHot",)
 
 
 def pool(weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor,
-         combiner: str) -> torch.Tensor:
-    """Pool ``weight[rows]`` per CSR row: ``[len(offsets)-1, dim]``; empty rows give zeros."""
+         combiner: str, key_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool ``weight[rows]`` per CSR row: ``[len(offsets)-1, dim]``; empty rows give zeros.
+    ``key_weights``: a weighted ``sum`` instead of ``combiner`` (see ``eviction.drop_missing``)."""
+    if key_weights is not None:
+        return F.embedding_bag(rows, weight, offsets, mode="sum", include_last_offset=True,
+                               per_sample_weights=key_weights.to(weight.dtype))
     return F.embedding_bag(rows, weight, offsets, mode=combiner, include_last_offset=True)
 
 
@@ -88,16 +96,17 @@ class _LookupWithFusedUpdate(torch.autograd.Function):
     """forward: pooled lookup; backward: per-row gradient sum + in-place optimizer step."""
 
     @staticmethod
-    def forward(ctx, anchor, table, rows, offsets):  # noqa: ANN001, ANN205
+    def forward(ctx, anchor, table, rows, offsets, key_weights=None):  # noqa: ANN001, ANN205
         ctx.table = table
+        ctx.key_weights = key_weights
         ctx.save_for_backward(rows, offsets)
-        return pool(table.weight, rows, offsets, table.config.combiner)
+        return pool(table.weight, rows, offsets, table.config.combiner, key_weights)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         rows, offsets = ctx.saved_tensors
-        ctx.table.apply_gradient(rows, offsets, grad_out)
-        return None, None, None, None
+        ctx.table.apply_gradient(rows, offsets, grad_out, ctx.key_weights)
+        return None, None, None, None, None
 
 
 class EmbeddingTable(nn.Module):
@@ -129,15 +138,22 @@ class EmbeddingTable(nn.Module):
         if index not in INDEX_TYPES:
             raise ConfigError(f"EmbeddingTable {config.name!r} index", '"hash", "direct" or '
                               '"auto"', index)
+        if config.eviction is not None and index != "hash":
+            raise ConfigError(f"EmbeddingTable {config.name!r} index", '"hash" (or "auto") '
+                              "for a table with an eviction policy", index)
         self.index_kind = index
         cap = config.max_vocabulary_size
-        self._index: KeyIndex = INDEX_TYPES[index](cap, self.device, config.name)
+        index_cls = RecyclingHashIndex if config.eviction is not None else INDEX_TYPES[index]
+        self._index: KeyIndex = index_cls(cap, self.device, config.name)
         rows = cap if index == "direct" else min(cap, _MIN_ROWS)
         self.weight = torch.zeros(rows, config.dim, device=self.device)
         self.row_slots = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self._bounds = torch.tensor(config.slot_init_bounds(), dtype=torch.float64)
         self.seed = draw_seed(generator)
         self.optimizer = SparseOptimizer(config.optimizer, config.dim, rows, self.device)
+        self.eviction: evict.EvictionState | None = None
+        if config.eviction is not None:
+            self.eviction = evict.EvictionState(config.eviction, cap, rows, self.device)
         self.frozen = False
 
     # --- properties and settings -----------------------------------------------------------------
@@ -175,6 +191,12 @@ class EmbeddingTable(nn.Module):
     def unfreeze(self) -> None:
         self.frozen = False
 
+    def occupancy(self) -> dict:
+        """Occupancy and admission / eviction totals (:func:`terarec.embedding.eviction.
+        occupancy`): num_keys, capacity, fill, policy, step, evicted_total, admitted_total,
+        rejected_lookups_total, pending_keys, pending_forgotten_total (None without a policy)."""
+        return evict.occupancy(self)
+
     def reset_state(self) -> None:
         """Reset optimizer states and step counters; rows and keys stay."""
         self.optimizer.reset()
@@ -195,6 +217,8 @@ class EmbeddingTable(nn.Module):
         self.weight = torch.cat([self.weight, self.weight.new_zeros(extra, self.config.dim)])
         self.row_slots = torch.cat([self.row_slots, self.row_slots.new_zeros(extra)])
         self.optimizer.grow(size)
+        if self.eviction is not None:
+            self.eviction.grow(size)
 
     def insert_keys(self, keys: torch.Tensor, slots: torch.Tensor | None = None,
                     offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,11 +234,18 @@ class EmbeddingTable(nn.Module):
                 new_slots = slots_of_positions(offsets, res.new_first_pos, self.config.slot_num)
             else:
                 new_slots = torch.zeros_like(res.new_rows)
-            new_keys = keys[res.new_first_pos]
-            self.weight[res.new_rows] = init_vectors(
-                new_keys, new_slots, self._bounds, self.config.dim, self.seed, self.weight.dtype)
-            self.row_slots[res.new_rows] = new_slots
+            self._init_rows(res.new_rows, keys[res.new_first_pos], new_slots)
         return res.rows
+
+    def _init_rows(self, rows: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor) -> None:
+        """Initial vectors of the new ``rows`` of ``keys`` first seen in ``slots``; with an
+        eviction policy (rows are reused) also a fresh optimizer state and recency."""
+        self.weight[rows] = init_vectors(keys, slots, self._bounds, self.config.dim, self.seed,
+                                         self.weight.dtype)
+        self.row_slots[rows] = slots
+        if self.eviction is not None:
+            self.optimizer.reset_rows(rows)
+            self.eviction.reset_rows(rows)
 
     # --- forward / backward --------------------------------------------------------------------
     def forward(self, sparse: SparseInput) -> torch.Tensor:
@@ -222,29 +253,40 @@ class EmbeddingTable(nn.Module):
         if sparse.slot_num != self.config.slot_num:
             raise ConfigError(f"SparseEmbedding {self.name!r} input {self.config.input_name!r}",
                               f"slot_num={self.config.slot_num}", sparse.slot_num)
-        if fast_path.applies(self, sparse):  # CUDA: fused Triton lookup + backward/update
+        key_weights = None
+        if self.eviction is not None:  # reference path only (admission / eviction bookkeeping)
+            offsets = sparse.offsets.to(device=self.device, dtype=torch.int64)
+            rows = evict.lookup_rows(self, sparse.keys, offsets)
+            rows, offsets, key_weights = evict.drop_missing(rows, offsets, self.config.combiner)
+        elif fast_path.applies(self, sparse):  # CUDA: fused Triton lookup + backward/update
             out = fast_path.forward(self, sparse)
             return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
-        if fast_path_hash.applies(self, sparse):  # CUDA hash tables: Triton hash index + kernels
+        elif fast_path_hash.applies(self, sparse):  # CUDA hash tables: Triton hash index
             out = fast_path_hash.forward(self, sparse)
             return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
-        offsets = sparse.offsets.to(device=self.device, dtype=torch.int64)
-        rows = self.insert_keys(sparse.keys, offsets=offsets)
+        else:
+            offsets = sparse.offsets.to(device=self.device, dtype=torch.int64)
+            rows = self.insert_keys(sparse.keys, offsets=offsets)
         if self.frozen or not torch.is_grad_enabled():
-            out = pool(self.weight, rows, offsets, self.config.combiner)
+            out = pool(self.weight, rows, offsets, self.config.combiner, key_weights)
         else:
             anchor = torch.empty(0, device=self.device, requires_grad=True)
-            out = _LookupWithFusedUpdate.apply(anchor, self, rows, offsets)
+            out = _LookupWithFusedUpdate.apply(anchor, self, rows, offsets, key_weights)
         return out.view(sparse.batch_size, self.config.slot_num, self.config.dim)
 
     @torch.no_grad()
     def apply_gradient(self, rows: torch.Tensor, offsets: torch.Tensor,
-                       grad_out: torch.Tensor) -> None:
-        """Fused backward: per-row gradient sum and the optimizer step (called by autograd)."""
+                       grad_out: torch.Tensor, key_weights: torch.Tensor | None = None) -> None:
+        """Fused backward: per-row gradient sum and the optimizer step (called by autograd).
+        ``key_weights``: the lookup was a weighted sum (see :func:`pool`)."""
         if self.frozen:
             return
         grad_out = grad_out.reshape(-1, self.config.dim).to(self.weight.dtype)
-        grads = key_gradients(grad_out, offsets, rows.numel(), self.config.combiner)
+        if key_weights is None:
+            grads = key_gradients(grad_out, offsets, rows.numel(), self.config.combiner)
+        else:
+            grads = key_gradients(grad_out, offsets, rows.numel(), "sum") \
+                * key_weights.to(grad_out.dtype).unsqueeze(1)
         uniq, summed = sum_per_row(rows, grads, self.weight.shape[0])
         self.optimizer.update(self.weight, uniq, summed, self._index.row_extent)
 
@@ -254,7 +296,9 @@ class EmbeddingTable(nn.Module):
         self.weight = fn(self.weight)
         self.row_slots = fn(self.row_slots)
         self.optimizer.apply_fn(fn)
-        for attr in ("_slot_keys", "_slot_rows", "_row_keys", "_used"):
+        if self.eviction is not None:
+            self.eviction.apply_fn(fn)
+        for attr in ("_slot_keys", "_slot_rows", "_row_keys", "_used", "_live", "_free"):
             if hasattr(self._index, attr):
                 setattr(self._index, attr, fn(getattr(self._index, attr)))
         self.device = self.weight.device

@@ -12,6 +12,16 @@ row order) and the sparse optimizer-state formats:
   row order, then for LazyGlobal the int64 last-step per row, then the int64 step counter.
   Rows correspond to the ``key`` file written at the same time.
 
+A table with an eviction policy adds its eviction state (:mod:`terarec.embedding.eviction`):
+in :func:`optimizer_state` the entries ``eviction_last_used`` / ``eviction_count`` (keys, int64
+[N]), ``__eviction__`` (empty, int64 [5]: step, evicted, admitted, rejected-lookup and
+forgotten-pending totals) and ``__eviction_pending__`` (pending keys, int64 [P, 2]: count, last
+step seen); in :func:`optimizer_state_bytes` a trailer after the content above: the 8 bytes
+``EVICTION_MAGIC``, int64 [6] (the five totals, P), int64 last-used [N] and counts [N] in row
+order, then int64 pending keys [P], counts [P], last steps [P]. HugeCTR's ``key`` /
+``emb_vector`` files are unchanged (they hold the live rows only); a file without the trailer
+loads with a fresh eviction state.
+
 Writing the files to disk (atomically) is the checkpoint package's job.
 """
 
@@ -22,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from terarec.embedding import eviction as evict
 from terarec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,6 +40,7 @@ if TYPE_CHECKING:
 
 STEP_KEY = "__step__"
 LAST_STEP_KEY = "last_step"
+EVICTION_MAGIC = b"TREVICT1"
 
 
 def _as_keys(keys: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -86,6 +98,8 @@ def optimizer_state(table: EmbeddingTable) -> dict[str, tuple[np.ndarray, np.nda
     if opt.lazy:
         out[LAST_STEP_KEY] = (keys, opt.last_step[rows].cpu().numpy().astype(np.int64))
     out[STEP_KEY] = (np.zeros(0, dtype=np.int64), np.array([opt.t], dtype=np.int64))
+    if table.eviction is not None:
+        out.update(evict.state_arrays(table))
     return out
 
 
@@ -110,6 +124,8 @@ def load_optimizer_state(table: EmbeddingTable,
         opt.last_step[rows] = _as_rows(table, values, k.numel(), LAST_STEP_KEY, torch.int64)
     if STEP_KEY in state:
         opt.t = int(np.asarray(state[STEP_KEY][1]).reshape(-1)[0])
+    if table.eviction is not None:
+        evict.load_state_arrays(table, state)
 
 
 def optimizer_state_bytes(table: EmbeddingTable) -> bytes:
@@ -119,7 +135,41 @@ def optimizer_state_bytes(table: EmbeddingTable) -> bytes:
     if opt.lazy:
         parts.append(opt.last_step[rows].cpu().numpy().astype("<i8").tobytes())
     parts.append(np.array([opt.t], dtype="<i8").tobytes())
+    if table.eviction is not None:
+        parts.append(_eviction_trailer(table))
     return b"".join(parts)
+
+
+def _eviction_trailer(table: EmbeddingTable) -> bytes:
+    arrays = evict.state_arrays(table)
+    pending_keys, pending = arrays[evict.PENDING_KEY]
+    head = np.concatenate([arrays[evict.TOTALS_KEY][1], [pending_keys.size]])
+    parts = [head, arrays[evict.LAST_USED_KEY][1], arrays[evict.COUNT_KEY][1], pending_keys,
+             pending[:, 0], pending[:, 1]]
+    return EVICTION_MAGIC + b"".join(np.asarray(p, dtype="<i8").tobytes() for p in parts)
+
+
+def _read_eviction_trailer(table: EmbeddingTable, data: bytes, keys: np.ndarray,
+                           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    n_tot = len(evict.TOTALS)
+    n = keys.size
+    fixed = 8 + 8 * (n_tot + 1) + 16 * n
+    if len(data) < fixed or data[:8] != EVICTION_MAGIC:
+        raise ConfigError(f"embedding table {table.name!r} sparse optimizer state file",
+                          "the eviction-state trailer (EVICTION_MAGIC) after the optimizer "
+                          "states", f"{len(data)} further bytes")
+    head = np.frombuffer(data, "<i8", n_tot + 1, 8)
+    p = int(head[-1])
+    if len(data) != fixed + 24 * p:
+        raise ConfigError(f"embedding table {table.name!r} eviction-state trailer",
+                          f"{fixed + 24 * p} bytes for {n} keys and {p} pending keys",
+                          f"{len(data)} bytes")
+    arr = np.frombuffer(data, "<i8", 2 * n + 3 * p, 8 * (n_tot + 2))
+    pending = np.stack([arr[2 * n + p: 2 * n + 2 * p], arr[2 * n + 2 * p:]], axis=1)
+    return {evict.TOTALS_KEY: (np.zeros(0, np.int64), head[:n_tot].copy()),
+            evict.LAST_USED_KEY: (keys, arr[:n].copy()),
+            evict.COUNT_KEY: (keys, arr[n: 2 * n].copy()),
+            evict.PENDING_KEY: (arr[2 * n: 2 * n + p].copy(), pending.copy())}
 
 
 @torch.no_grad()
@@ -131,7 +181,8 @@ def load_optimizer_state_bytes(table: EmbeddingTable, data: bytes,
     k = table.index.keys() if keys is None else _as_keys(keys, table.device)
     n, dim = k.numel(), table.config.dim
     expected = n * dim * 4 * len(opt.states) + (n * 8 if opt.lazy else 0) + 8
-    if len(data) != expected:
+    trailer = table.eviction is not None and len(data) > expected
+    if len(data) != expected and not trailer:
         raise ConfigError(
             f"embedding table {table.name!r} sparse optimizer state file",
             f"{expected} bytes for {n} keys x dim {dim} with {opt.config.type}/"
@@ -149,4 +200,6 @@ def load_optimizer_state_bytes(table: EmbeddingTable, data: bytes,
         state[LAST_STEP_KEY] = (keys_np, np.frombuffer(data, "<i8", n, pos).copy())
         pos += n * 8
     state[STEP_KEY] = (np.zeros(0, np.int64), np.frombuffer(data, "<i8", 1, pos).copy())
+    if trailer:
+        state.update(_read_eviction_trailer(table, data[expected:], keys_np))
     load_optimizer_state(table, state)

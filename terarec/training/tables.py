@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from terarec.errors import ConfigError
+from terarec.errors import ConfigError, NotSupportedError
 from terarec.graph.spec import EmbeddingSpec, GraphSpec
 from terarec.optim.config import OptimizerConfig
 
@@ -52,7 +52,13 @@ def table_config_for(spec: EmbeddingSpec, graph: GraphSpec, default_optimizer: O
         embedding_type=spec.embedding_type,
         optimizer=optimizer,
         hotness=hotness,
+        eviction=spec.extra.get("eviction"),
     )
+
+
+def _multi_rank() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
 
 
 def build_tables(graph: GraphSpec, solver: Any, default_optimizer: OptimizerConfig,
@@ -76,6 +82,13 @@ def build_tables(graph: GraphSpec, solver: Any, default_optimizer: OptimizerConf
         configs.append(table_config_for(spec, graph, default_optimizer,
                                         getattr(solver, "num_gpus", 1)))
         inputs[spec.top] = spec.bottom
+    evicting = [c.name for c in configs if c.eviction is not None]
+    if evicting and (table_factory is not None or _multi_rank()):
+        raise NotSupportedError(
+            f"SparseEmbedding {evicting}: an eviction policy is supported for single-process "
+            "tables only, not for tables sharded over several ranks or shared by several "
+            "lookups. Remove eviction=... or run this model in one process without shared "
+            "tables.")
     if table_factory is not None:
         return table_factory(configs, device, generator), inputs
     tables = {cfg.name: EmbeddingTable(cfg, device=device, generator=generator)
