@@ -33,6 +33,7 @@ from terarec.compat.session import (
     solver_parser_helper,
 )
 from terarec.compat.solver import CreateSolver, Solver
+from terarec.compat.torch_layer import TorchLayer
 from terarec.data.source_params import DataSourceParams
 from terarec.enums import *  # noqa: F403 - HugeCTR exports every enum at top level
 from terarec.enums import ALL_ENUMS
@@ -102,6 +103,7 @@ __all__ = [
     "DenseLayerComputeConfig", "EmbeddingCollectionConfig", "EmbeddingTableConfig",
     "EmbeddingTrainingCache", "EmbeddingTrainingCacheParams", "GroupDenseLayer", "HMemCacheConfig",
     "HybridEmbeddingParam", "Input", "LearningRateScheduler", "Model", "OptParamsPy", "Solver",
-    "Session", "SolverParser", "SparseEmbedding", "TrainingCallback", "get_learning_rate_scheduler",
+    "Session", "SolverParser", "SparseEmbedding", "TorchLayer", "TrainingCallback",
+    "get_learning_rate_scheduler",
     "solver_parser_helper", "__version__", *ALL_ENUMS,
 ]

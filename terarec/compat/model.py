@@ -26,6 +26,7 @@ from terarec.compat.optimizer import OptParamsPy
 from terarec.compat.reader import DataReaderParams
 from terarec.compat.readers import ReaderSlot
 from terarec.compat.solver import Solver
+from terarec.compat.torch_layer import TorchLayer
 from terarec.data.batch import Batch
 from terarec.enums import Tensor_t, coerce
 from terarec.errors import ConfigError, TrainingError
@@ -93,7 +94,7 @@ class Model(ModelFilesMixin):
             if self._etc_params is not None:
                 check_table_count(self._etc_params, len(self.spec.embeddings) + 1, final=False)
             self.spec.embeddings.append(layer.to_spec())
-        elif isinstance(layer, (DenseLayer, GroupDenseLayer)):
+        elif isinstance(layer, (DenseLayer, GroupDenseLayer, TorchLayer)):
             self._require_input("DenseLayer")
             self.spec.layers.append(layer.to_spec())
         elif type(layer).__name__ == "EmbeddingCollectionConfig":
@@ -112,8 +113,8 @@ class Model(ModelFilesMixin):
             if self._dist is not None:
                 self._dist.request_placements(graph.placements)
         else:
-            raise ConfigError("Model.add", "an Input, SparseEmbedding, DenseLayer or "
-                              "GroupDenseLayer", type(layer).__name__)
+            raise ConfigError("Model.add", "an Input, SparseEmbedding, DenseLayer, "
+                              "GroupDenseLayer or TorchLayer", type(layer).__name__)
 
     def _require_input(self, what: str) -> None:
         if self.spec.schema is None:
@@ -247,6 +248,13 @@ class Model(ModelFilesMixin):
             tracker = self._incremental = IncrementalTracker()
         tables = self._etc.store_views() if self._etc is not None else self._engine().tables
         return incremental_model(tables, tracker)
+
+    def embedding_stats(self) -> dict[str, dict[str, Any]]:
+        """terarec extra: per table, its occupancy and (tables with an eviction policy)
+        admission / eviction totals (see :mod:`terarec.compat.embedding_stats`)."""
+        from terarec.compat.embedding_stats import embedding_stats
+
+        return embedding_stats(self)
 
     def get_embedding_training_cache(self) -> EmbeddingTrainingCache:
         """The ``EmbeddingTrainingCache`` of a model created with ``CreateETC`` params

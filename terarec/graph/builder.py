@@ -26,6 +26,12 @@ PREDICTION_ACTIVATION = {
 }
 
 
+def _predictions(type_name: str, layer: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """What a loss layer's logits mean as probabilities (a TorchLayer loss says it itself)."""
+    custom = getattr(layer, "predictions", None)
+    return custom(logits) if callable(custom) else PREDICTION_ACTIVATION[type_name](logits)
+
+
 @dataclass
 class NetworkOutput:
     """Everything one forward pass produced."""
@@ -182,7 +188,7 @@ class DenseNetwork(nn.Module):
             args = [tensors[b] for b in ls.bottom]
             if layer.is_loss:
                 logits, label = args[0], args[1]
-                preds.append(PREDICTION_ACTIVATION[ls.type](logits.float()))
+                preds.append(_predictions(ls.type, layer, logits.float()))
                 labs.append(label.float())
                 if compute_loss:
                     loss = layer(logits.float(), label.float())

@@ -159,8 +159,18 @@ def layer_to_json(spec: LayerSpec) -> dict[str, Any]:
     cls = _layer_class(spec.type, spec.type)
     out: dict[str, Any] = {"type": spec.type, "bottom": _one_or_list(spec.bottom),
                            "top": _one_or_list(spec.top)}
-    out.update(cls.params_to_json(spec.params))
+    try:
+        out.update(cls.params_to_json(spec.params))
+    except ConfigError as exc:  # name the layer: params_to_json only sees its params
+        raise ConfigError(f"graph_to_json: layer {spec.type} (top {spec.top}): {exc.where}",
+                          exc.expected, exc.received, hint=_hint(exc)) from None
     return out
+
+
+def _hint(exc: ConfigError) -> str:
+    """The hint of a ConfigError: its message after ``where: expected ... Received: ...``."""
+    base = f"{exc.where}: expected {exc.expected}. Received: {exc.received!r}"
+    return str(exc)[len(base):].removeprefix(". ")
 
 
 def layer_from_json(entry: dict[str, Any], where: str) -> LayerSpec:

@@ -31,6 +31,7 @@ from terarec.layers import (  # noqa: F401  (imported for registration)
     normalization,
     reduce,
     shape_ops,
+    torch_module,
 )
 from terarec.layers.base import LAYERS, Layer, Shape
 from terarec.layers.init import INITIALIZERS, init_tensor

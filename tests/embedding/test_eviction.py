@@ -357,6 +357,7 @@ def test_facade_training_with_eviction_reports_stats(tmp_path):
     assert stats["evicted_total"] > 0 and stats["step"] == 32
     assert stats["fill"] == stats["num_keys"] / 64
     before = embedding_stats(model)
+    assert model.embedding_stats() == before  # the Model method
     model.evaluate()
     assert embedding_stats(model) == before
     model.save_params_to_files(str(tmp_path / "ck"), 32)
@@ -365,3 +366,30 @@ def test_facade_training_with_eviction_reports_stats(tmp_path):
     assert embedding_stats(other) == before
     keys = np.sort(model.engine.tables["emb"].export()[0])
     assert np.array_equal(keys, np.sort(other.engine.tables["emb"].export()[0]))
+
+
+@pytest.mark.gpu
+def test_eviction_on_cuda_equals_cpu():
+    """The reference path on CUDA: the same resident keys, rows and stats as on CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = random.Random(3)
+    stream = [[[rng.randrange(40)] for _ in range(12)] for _ in range(25)]
+    results = []
+    for dev in ("cpu", "cuda"):
+        cfg = TableConfig("emb", "data", dim=4, slot_num=1, combiner="sum",
+                          max_vocabulary_size=16, optimizer=OptimizerConfig(type="Adam"),
+                          eviction={"policy": "lfu", "target": 0.5, "admit_after": 2})
+        t = EmbeddingTable(cfg, device=dev, generator=torch.Generator().manual_seed(0))
+        t.set_learning_rate(0.1)
+        for batch in stream:
+            out = t(bags(batch).to(torch.device(dev)))
+            out.sum().backward()
+        keys, vecs, _ = t.export()
+        order = np.argsort(keys)
+        results.append((np.asarray(keys)[order], np.asarray(vecs)[order], t.occupancy()))
+    (k0, v0, s0), (k1, v1, s1) = results
+    np.testing.assert_array_equal(k0, k1)
+    np.testing.assert_allclose(v0, v1, atol=1e-5)
+    assert s0 == s1 and s0["evicted_total"] > 0
+

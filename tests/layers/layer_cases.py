@@ -88,6 +88,9 @@ CASES: list[Case] = [
     Case("SequenceMask", {"max_sequence_len_from": 3, "max_sequence_len_to": 4},
          [(4, 1), (4, 1)], ["len", "len"]),
     Case("Cast", {}, [(4, 3)]),
+    Case("TorchLayer", {"module": "torch.nn:Bilinear",  # any nn.Module (terarec extension)
+                        "init_kwargs": {"in1_features": 5, "in2_features": 3, "out_features": 2}},
+         [(4, 5), (4, 3)]),
     Case("BinaryCrossEntropyLoss", {"use_regularizer": True, "regularizer_type": "L2",
                                     "lambda": 0.1}, [(4, 1), (4, 1)], ["x", "label01"]),
     Case("CrossEntropyLoss", {}, [(4, 2), (4, 1)], ["x", "label01"]),
