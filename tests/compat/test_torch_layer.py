@@ -95,7 +95,8 @@ def test_training_equals_plain_pytorch(data):
     model = build(data)
     model.compile()
     model.freeze_embedding()
-    ref = Reference(model)
+    device = model.engine.device
+    ref = Reference(model).to(device)
     opt = torch.optim.SGD(ref.parameters(), lr=0.0)
     sched = model.get_learning_rate_scheduler()
     for _ in range(6):
@@ -108,7 +109,8 @@ def test_training_equals_plain_pytorch(data):
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(ref(emb, batch.dense), batch.labels)
+        loss = F.binary_cross_entropy_with_logits(ref(emb, batch.dense.to(device)),
+                                                  batch.labels.to(device))
         loss.backward()
         opt.step()
         np.testing.assert_allclose(model.get_current_loss(), loss.item(), rtol=1e-5, atol=1e-6)
