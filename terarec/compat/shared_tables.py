@@ -175,6 +175,9 @@ class SharedLookup(nn.Module):
     def set_learning_rate(self, lr: float) -> None:
         self.table.set_learning_rate(lr)
 
+    def check_errors(self) -> None:
+        self.table.check_errors()
+
     def freeze(self) -> None:
         """Freezes the shared table (every lookup of it)."""
         self.table.freeze()

@@ -114,6 +114,16 @@ class ShardedTableBase(nn.Module):
         """Keys held by this rank's shard."""
         return self.shard.num_keys if self.shard is not None else 0
 
+    def check_errors(self) -> None:
+        """Raise an error this rank's shard (or the slot exchange) recorded on the device; local,
+        one flag read each."""
+        shard = getattr(self, "shard", None)
+        if shard is not None and hasattr(shard, "check_errors"):
+            shard.check_errors()
+        exchange = getattr(self, "_exchange", None)
+        if exchange is not None:
+            exchange.check_errors()
+
     def owns(self, keys: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
         """Bool mask: which ``keys`` (first seen in ``slots``) this rank's shard holds."""
         raise NotImplementedError

@@ -166,6 +166,15 @@ class EmbeddingTable(nn.Module):
         fast_path.check_errors(self)
         return self._index.num_keys
 
+    def check_errors(self) -> None:
+        """Raise an error the GPU fast paths recorded on the device (a one-hot key out of
+        range, more keys than the capacity) as :class:`~terarec.errors.CapacityError`; one
+        flag read, no other work."""
+        fast_path.check_errors(self)
+        check = getattr(self._index, "check", None)
+        if check is not None:
+            check()
+
     @property
     def index(self) -> KeyIndex:
         return self._index

@@ -126,6 +126,9 @@ class Engine(nn.Module):
         sample = (batch.dense.detach().clone(), batch.labels.detach().clone(),
                   *[e.detach().clone().requires_grad_(e.requires_grad)
                     for e in embeddings.values()])
+        # The capture's warm-up runs the network three times on the sample: buffers a forward
+        # updates (BatchNorm statistics, a custom layer's counters) get their values back.
+        buffers = [(b, b.detach().clone()) for b in self.network.buffers()]
         try:
             fn = torch.cuda.make_graphed_callables(_DenseStep(self.network, list(embeddings)),
                                                    sample, allow_unused_input=True)
@@ -134,6 +137,10 @@ class Engine(nn.Module):
                           "training continues without CUDA graphs", stacklevel=3)
             self.use_cuda_graph = False
             return None
+        finally:
+            with torch.no_grad():
+                for buf, value in buffers:
+                    buf.copy_(value)
         self._graph = {"key": key, "fn": fn}
         return fn
 

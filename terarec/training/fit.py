@@ -108,6 +108,7 @@ def run_fit(model: Any, opts: FitOptions) -> None:
                     if tb is not None:
                         tb.scalars(it, {"loss": avg, "lr": lr,
                                         "samples_per_s": opts.display * batch / max(elapsed, 1e-9)})
+                    _check_tables(model)
                     t_display = time.time()
                     loss_sum, loss_n = 0.0, 0
                 if it % opts.eval_interval == 0:
@@ -129,10 +130,23 @@ def run_fit(model: Any, opts: FitOptions) -> None:
         bar.close()
         if tb is not None:
             tb.close()
+    _check_tables(model)
     for cb in callbacks:
         cb.on_training_end(it)
     log(f"Finish {it} iterations with batchsize: {batch} in {'epoch' if epoch_mode else 'iter'}"
         f" mode", rank)
+
+
+def _check_tables(model: Any) -> None:
+    """Raise what a table recorded on the device without stopping the step (GPU fast paths:
+    more keys than its capacity, a one-hot key out of range; raised as ``CapacityError``).
+    One flag read per table (``check_errors``), at each display and at the end of fit, so that
+    a fit never ends "successfully" over an overflowed table."""
+    engine = getattr(model, "engine", None)
+    for table in (engine.tables.values() if engine is not None else ()):
+        check = getattr(table, "check_errors", None)
+        if check is not None:
+            check()
 
 
 def _evaluate(model: Any, it: int, callbacks: list[Any], metric_names: list[str],

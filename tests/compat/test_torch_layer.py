@@ -147,10 +147,12 @@ def test_dense_file_layout_and_load_into_fresh_model(data, tmp_path):
     model.save_params_to_files(prefix, 5)
     raw = np.fromfile(f"{prefix}_dense_5.model", dtype="<f4")
     mix = _mix(model)
-    own = np.concatenate([p.detach().numpy().reshape(-1) for _, p in mix.named_parameters()])
+    own = np.concatenate([p.detach().cpu().numpy().reshape(-1)
+                          for _, p in mix.named_parameters()])
     np.testing.assert_array_equal(raw[:own.size], own)  # Reshape has no weights: it comes first
     fc = model.engine.network.layers[3]
-    np.testing.assert_array_equal(raw[own.size:own.size + 11], fc.weight.detach().numpy().ravel())
+    np.testing.assert_array_equal(raw[own.size:own.size + 11],
+                                  fc.weight.detach().cpu().numpy().ravel())
     assert raw.size == own.size + 11 + 1
     ntp = json.loads((tmp_path / "m_dense_5.model.ntp.json").read_text())["layers"]
     assert ntp == [{"type": "TorchLayer", "top": "h", "calls": [5]}]
@@ -221,7 +223,7 @@ def test_instance_module_and_several_tops(data):
     assert model.engine.network.shapes["h"] == (64, 8)
     assert model.engine.network.shapes["p"] == (64, 3)
     _fit(model, 2)
-    assert not torch.equal(mix.emb.weight.detach(), start)
+    assert not torch.equal(mix.emb.weight.detach().cpu(), start.cpu())
 
 
 # ------------------------------------------------------------------------------ errors
