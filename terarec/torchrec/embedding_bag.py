@@ -1,0 +1,219 @@
+"""TorchRec's ``EmbeddingBagCollection`` on terarec's fused-update tables.
+
+Owns the module users build (:class:`EmbeddingBagCollection`), one
+:class:`EmbeddingBagTable` per :class:`EmbeddingBagConfig` (``ebc.embedding_bags[name]``) and
+the KJT -> pooled ``KeyedTensor`` forward. Each table is a terarec
+:class:`~terarec.embedding.table.EmbeddingTable` with a direct index (id = row, every row
+allocated and initialised at construction with TorchRec's ``Uniform(min, max)``) and reads all
+its features in one lookup (one slot per feature), so one backward applies one fused optimizer
+step per table, as a TorchRec fused table does.
+
+Parameters: ``embedding_bags[name].weight`` is an ``nn.Parameter`` with ``requires_grad=False``
+that shares storage with the table rows. It is in ``state_dict()`` /  ``load_state_dict()``
+(``embedding_bags.<name>.weight``) and in ``ebc.parameters()`` (pass those to
+:func:`~terarec.torchrec.apply_optimizer_in_backward`); it never gets a ``.grad``, so a dense
+``torch.optim`` optimizer over ``model.parameters()`` leaves it alone. Tables are trained only
+by the fused optimizer; until one is applied the backward does not touch them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from terarec.embedding.table import EmbeddingTable, pool
+from terarec.errors import ConfigError, NotSupportedError
+from terarec.optim.config import OptimizerConfig
+from terarec.sparse import SparseInput
+from terarec.torchrec.config import EmbeddingBagConfig, PoolingType
+from terarec.torchrec.jagged import KeyedJaggedTensor
+from terarec.torchrec.keyed import KeyedTensor
+from terarec.torchrec.layout import table_input
+from terarec.torchrec.optim import set_table_optimizer
+
+
+class _WeightedLookup(torch.autograd.Function):
+    """forward: weighted-sum pooling; backward: the table's fused update of the looked-up rows
+    (per-id weights scale each id's gradient; the weights themselves get none)."""
+
+    @staticmethod
+    def forward(ctx, anchor, table, rows, offsets, weights):  # noqa: ANN001, ANN205
+        ctx.table = table
+        ctx.save_for_backward(rows, offsets, weights)
+        return pool(table.weight, rows, offsets, "sum", weights)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        rows, offsets, weights = ctx.saved_tensors
+        ctx.table.apply_gradient(rows, offsets, grad_out, weights)
+        return None, None, None, None, None
+
+
+class EmbeddingBagTable(nn.Module):
+    """One table of an :class:`EmbeddingBagCollection` (``ebc.embedding_bags[name]``).
+
+    Attributes:
+        config: its :class:`EmbeddingBagConfig`.
+        table: the terarec :class:`EmbeddingTable` holding rows and optimizer state.
+        weight: ``[num_embeddings, embedding_dim]`` parameter sharing the table's rows.
+    """
+
+    def __init__(self, config: EmbeddingBagConfig, device: torch.device | str | None = None
+                 ) -> None:
+        super().__init__()
+        self.config = config
+        self.table = EmbeddingTable(config.to_table_config(), device, index="direct")
+        lo, hi = config.init_bounds()
+        n = config.num_embeddings
+        init = torch.empty(n, config.embedding_dim, device=self.table.device).uniform_(lo, hi)
+        self.table.load(torch.arange(n, device=self.table.device), init)
+        self.table.freeze()  # trained only once apply_optimizer_in_backward gives an optimizer
+        self.optimizer_spec: tuple[type, dict[str, Any]] | None = None
+        self._link()
+
+    def _link(self) -> None:
+        """(Re)bind ``weight`` to the table's rows (after construction and device moves)."""
+        old = self._parameters.get("weight")
+        w = nn.Parameter(self.table.weight, requires_grad=False)
+        w._terarec_bag = self  # type: ignore[attr-defined]
+        if old is not None and hasattr(old, "_in_backward_optimizers"):
+            for attr in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
+                setattr(w, attr, getattr(old, attr))
+        self.weight = w
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # noqa: ANN202
+        super()._apply(fn, recurse)
+        self._link()
+        return self
+
+    def set_optimizer(self, optimizer_class: type, kwargs: dict[str, Any],
+                      config: OptimizerConfig, lr: float) -> None:
+        """Install the fused optimizer (called by ``apply_optimizer_in_backward``)."""
+        set_table_optimizer(self.table, config, lr)
+        self.optimizer_spec = (optimizer_class, kwargs)
+        self.weight._in_backward_optimizers = [config]  # type: ignore[attr-defined]
+        self.weight._optimizer_classes = [optimizer_class]  # type: ignore[attr-defined]
+        self.weight._optimizer_kwargs = [kwargs]  # type: ignore[attr-defined]
+
+    def forward(self, sparse: SparseInput, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled ``[B, num_features, dim]`` of sample-major ``sparse`` (one slot per feature);
+        ``weights``: per-id weights of a weighted sum."""
+        if weights is None:
+            return self.table(sparse)
+        t = self.table
+        offsets = sparse.offsets.to(device=t.device, dtype=torch.int64)
+        rows = t.insert_keys(sparse.keys, offsets=offsets)
+        w = weights.to(device=t.device, dtype=t.weight.dtype)
+        if t.frozen or not torch.is_grad_enabled():
+            out = pool(t.weight, rows, offsets, "sum", w)
+        else:
+            anchor = torch.empty(0, device=t.device, requires_grad=True)
+            out = _WeightedLookup.apply(anchor, t, rows, offsets, w)
+        return out.view(sparse.batch_size, sparse.slot_num, self.config.embedding_dim)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"name={c.name!r}, num_embeddings={c.num_embeddings}, dim={c.embedding_dim}, "
+                f"pooling={c.pooling.name}, features={c.feature_names}")
+
+
+Lookup = Callable[[dict[str, SparseInput], dict[str, torch.Tensor | None]],
+                  dict[str, torch.Tensor]]
+
+
+class EmbeddingBagCollection(nn.Module):
+    """Pooled embeddings of several tables: ``forward(KeyedJaggedTensor) -> KeyedTensor``.
+
+    Args:
+        tables: one :class:`EmbeddingBagConfig` per table (unique table names, and every
+            feature read by one table only).
+        is_weighted: pool ``sum(weight_i * row_i)`` with the KJT's per-id weights (SUM tables).
+        device: where the tables live.
+
+    Output keys: the tables in order, each table's features in order; each feature a
+    ``[B, embedding_dim]`` block of ``values()`` (TorchRec's order).
+
+    Example:
+        >>> ebc = EmbeddingBagCollection([EmbeddingBagConfig(10, 4, "t", ["a", "b"])])
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([1, 2, 3]),
+        ...                                           torch.tensor([1, 1, 1, 0]))
+        >>> ebc(kjt).values().shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, tables: list[EmbeddingBagConfig], is_weighted: bool = False,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        tables = list(tables)
+        if not tables or any(not isinstance(t, EmbeddingBagConfig) for t in tables):
+            raise ConfigError("EmbeddingBagCollection tables", "a non-empty list of "
+                              "EmbeddingBagConfig", tables)
+        names = [t.name for t in tables]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError("EmbeddingBagCollection tables", "unique table names", dup)
+        owner: dict[str, str] = {}
+        for t in tables:
+            for f in t.feature_names:
+                if f in owner:
+                    raise ConfigError(f"EmbeddingBagCollection table {t.name!r} feature_names",
+                                      f"features not read by another table ({f!r} is read by "
+                                      f"table {owner[f]!r})", t.feature_names)
+                owner[f] = t.name
+        if is_weighted:
+            mean = [t.name for t in tables if t.pooling is not PoolingType.SUM]
+            if mean:
+                raise NotSupportedError(f"EmbeddingBagCollection(is_weighted=True): tables "
+                                        f"{mean} pool MEAN; weighted pooling is a weighted SUM "
+                                        f"only in terarec")
+        self._configs = tables
+        self._is_weighted = bool(is_weighted)
+        self.embedding_bags = nn.ModuleDict({t.name: EmbeddingBagTable(t, device)
+                                             for t in tables})
+        self._embedding_names = [f for t in tables for f in t.feature_names]
+        self._lengths_per_embedding = [t.embedding_dim for t in tables for _ in t.feature_names]
+        self.sharded_lookup: Lookup | None = None  # set by DistributedModelParallel
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        return list(self._configs)
+
+    def is_weighted(self) -> bool:
+        return self._is_weighted
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.embedding_bags.values())).table.device
+
+    def table_inputs(self, features: KeyedJaggedTensor
+                     ) -> tuple[dict[str, SparseInput], dict[str, torch.Tensor | None]]:
+        """Each table's ids (terarec's sample-major CSR, one slot per feature) and weights."""
+        if not isinstance(features, KeyedJaggedTensor):
+            raise ConfigError("EmbeddingBagCollection.forward(features)", "a KeyedJaggedTensor",
+                              type(features).__name__)
+        if self._is_weighted:
+            w = features.weights_or_none()
+            if w is None:
+                raise ConfigError("EmbeddingBagCollection(is_weighted=True).forward(features)",
+                                  "a KeyedJaggedTensor with weights (one per id)", None)
+            if w.requires_grad:
+                raise NotSupportedError("EmbeddingBagCollection: gradients of the KJT weights "
+                                        "are not computed (pass weights.detach())")
+        sparse, weights = {}, {}
+        for t in self._configs:
+            sparse[t.name], weights[t.name] = table_input(
+                features, t.feature_names, t.name, t.num_embeddings, self._is_weighted)
+        return sparse, weights
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        sparse, weights = self.table_inputs(features)
+        if self.sharded_lookup is not None:
+            pooled = self.sharded_lookup(sparse, weights)
+        else:
+            pooled = {t.name: self.embedding_bags[t.name](sparse[t.name], weights[t.name])
+                      for t in self._configs}
+        b = features.stride()
+        values = torch.cat([pooled[t.name].reshape(b, -1) for t in self._configs], dim=1)
+        return KeyedTensor(self._embedding_names, self._lengths_per_embedding, values)
