@@ -320,3 +320,43 @@ def test_apply_optimizer_errors():
         apply_optimizer_in_backward(torch.optim.SGD, ebc.parameters(), {"momentun": 0.9})
     with pytest.raises(NotSupportedError, match="not an EmbeddingBagCollection table weight"):
         apply_optimizer_in_backward(torch.optim.SGD, nn.Linear(2, 2).parameters(), {"lr": 0.1})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt_cls, kwargs", [(torch.optim.SGD, {"lr": 0.5}),
+                                             (torch.optim.Adam, {"lr": 0.02, "eps": 1e-8})])
+def test_training_on_cuda_equals_plain_pytorch(opt_cls, kwargs):
+    """The same on a GPU (terarec's fused kernels where they apply): tables and MLP on CUDA."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    cfgs = tables()
+    ebc = EmbeddingBagCollection(cfgs, device=dev)
+    width = sum(c.embedding_dim * len(c.feature_names) for c in cfgs)
+    model = Model(ebc, width).to(dev)
+    ref = Model(RefEBC(ebc), width).to(dev)
+    ref.mlp.load_state_dict(model.mlp.state_dict())
+    apply_optimizer_in_backward(opt_cls, model.sparse.parameters(), kwargs)
+    dense_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_opts = [torch.optim.SGD(ref.mlp.parameters(), lr=0.1),
+                opt_cls(ref.sparse.parameters(), **kwargs)]
+    gen = torch.Generator().manual_seed(4)
+    for step in range(6):
+        kjt = random_kjt(cfgs, 16, gen).to(dev)
+        target = torch.randn(16, generator=gen).to(dev)
+        dense_opt.zero_grad()
+        loss = nn.functional.mse_loss(model(kjt), target)
+        loss.backward()
+        dense_opt.step()
+        for o in ref_opts:
+            o.zero_grad()
+        ref_loss = nn.functional.mse_loss(ref(kjt), target)
+        ref_loss.backward()
+        for o in ref_opts:
+            o.step()
+        assert abs(float(loss) - float(ref_loss)) <= 1e-4, step
+    for c in cfgs:
+        torch.testing.assert_close(model.sparse.embedding_bags[c.name].weight,
+                                   ref.sparse.bags[c.name].weight.detach(), atol=1e-4, rtol=0)
+
