@@ -87,8 +87,8 @@ class DistributedModelParallel(nn.Module):
 
     Args:
         module: the model; every :class:`EmbeddingBagCollection` in it is sharded.
-        device: this rank's device (default: ``cuda:<local rank>`` when CUDA is there, else
-            CPU).
+        device: this rank's device (default CPU, as TorchRec's; on GPUs pass
+            ``torch.device("cuda", local_rank)`` with an NCCL process group).
         plan: a terarec :class:`ShardingPlan` naming every table of every collection
             (default: terarec's planner, per collection).
         group: the process group (default: the world).
@@ -104,10 +104,7 @@ class DistributedModelParallel(nn.Module):
             raise ConfigError("DistributedModelParallel", "an initialised torch.distributed "
                               "process group (torchrun, or terarec.distributed."
                               "init_process_group)", None)
-        if device is None:
-            device = (torch.device("cuda", torch.cuda.current_device())
-                      if torch.cuda.is_available() else torch.device("cpu"))
-        self.device = torch.device(device)
+        self.device = torch.device("cpu" if device is None else device)
         module.to(self.device)
         ebcs = [m for m in module.modules() if isinstance(m, EmbeddingBagCollection)]
         if not ebcs:
