@@ -17,7 +17,13 @@ Mapping:
   :data:`DYNAMIC_VOCABULARY` rows.
 * ``embedding_lookup(table, bottom, top, combiner)``: output ``(batch, 1, ev_size)`` named
   ``top``; combiner ``"sum"``, ``"average"`` (``"mean"`` accepted as its alias) or
-  ``"concat"`` (equal to ``"sum"`` for the one key per sample it supports).
+  ``"concat"``. HugeCTR's ``concat`` does not pool: a lookup's output is
+  ``(batch, 1, max_hotness * ev_size)``, the vectors of a sample's keys side by side in input
+  order, zero past its last key (HugeCTR's embedding-collection code sizes every ``Concat``
+  lookup ``max_hotness * ev_size``; reference §8.2 lists the combiner). terarec's tables pool
+  (sum / mean), so ``"concat"`` is taken for one-hot inputs (``max_hotness == 1``, where it is
+  ``"sum"``: one vector or zeros) and refused for a multi-hot input by ``Model.add`` with a
+  :class:`~terarec.errors.NotSupportedError` stating that rule.
 * list form ``embedding_lookup([tables], [bottoms], top, [combiners])``: lookups named
   ``top + str(i)``, reshaped and concatenated into ``(batch, sum(ev_size))`` named ``top``.
 * ``shard(shard_matrix, shard_strategy)``: ``"dp"`` -> ``replicated`` (the table must be on
@@ -55,7 +61,8 @@ from terarec.graph.spec import EmbeddingSpec, LayerSpec
 #: Row capacity of a dynamic (``max_vocabulary_size=-1``) table; rows are allocated as keys
 #: arrive, this only bounds them.
 DYNAMIC_VOCABULARY = 1 << 31
-#: HugeCTR's combiner names -> terarec's (``"mean"`` is what HugeCTR's docs say).
+#: HugeCTR's combiner names -> terarec's (``"mean"`` is what HugeCTR's docs say; ``"concat"`` is
+#: ``"sum"`` for the one-hot inputs it is taken for, see the module docstring).
 COMBINERS = {"sum": "sum", "average": "mean", "mean": "mean", "concat": "sum"}
 STATIC_TYPE = "LocalizedSlotSparseEmbeddingOneHot"
 DYNAMIC_TYPE = "DistributedSlotSparseEmbeddingHash"
@@ -255,10 +262,17 @@ class EmbeddingCollectionConfig:
             raise ConfigError(f"{where}: DataReaderSparseParam({lk.bottom!r}).slot_num",
                               "1 (the embedding collection reads one feature per input)",
                               sp.slot_num)
-        if lk.combiner == "concat" and max(sp.nnz_per_slot) != 1:
-            raise NotSupportedError(f"{where}: combiner 'concat' of a multi-hot input "
-                                    f"({lk.bottom!r} has nnz {sp.nnz_per_slot}); use 'sum' or "
-                                    "'average'")
+        if lk.combiner == "concat" and max(sp.nnz_per_slot) > 1:
+            hot, ev = max(sp.nnz_per_slot), lk.table.ev_size
+            raise NotSupportedError(
+                f"{where}: combiner 'concat' of the multi-hot input {lk.bottom!r} "
+                f"(nnz_per_slot={sp.nnz_per_slot}, max_hotness={hot}). HugeCTR's concat "
+                "combiner does not pool: it puts the vectors of a sample's keys side by side "
+                "in input order, zero after its last key, an output of (batch, 1, max_hotness "
+                f"* ev_size) = (batch, 1, {hot} * {ev}) = (batch, 1, {hot * ev}). terarec's "
+                "embedding tables pool keys (sum / mean) and take 'concat' for one-hot inputs "
+                "only (max_hotness 1, where it equals 'sum'). Use 'sum' or 'average' for this "
+                "input, or declare it one-hot")
         t = lk.table
         opt = t.opt_params_or_empty.config if t.opt_params_or_empty is not None else None
         if t.is_static and not direct_keys:

@@ -10,16 +10,24 @@ embedding_specs)`` is passed (tests, custom models).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from terarec.data.schema import DataSchema
 from terarec.errors import ConfigError
 from terarec.inference.csr import CsrBatch, parse_csr
-from terarec.inference.dense_network import DenseFn, build_dense_network, dense_dim_of
+from terarec.inference.dense_network import (
+    DenseFn,
+    build_dense_network,
+    dense_dim_of,
+    embedding_specs_from_graph,
+)
 from terarec.inference.dense_runner import DenseRunner
 from terarec.inference.device_csr import DeviceCsr, device_csr_from_batch, to_device_csr
 from terarec.inference.device_pool import CacheOf, DevicePooler
@@ -214,8 +222,7 @@ class _ParamsSession(_SessionBase):
                  *, dense_network: DenseNetwork | None = None,
                  parameter_server: HPS | None = None) -> None:
         self.params = params
-        device = device_for(params.deployed_devices[0] if params.deployed_devices
-                            else params.device_id)
+        device = _params_device(params)
         graph_path = params.network_file or config_file
         self.graph_path = graph_path
         dense_fn, specs = dense_network or build_dense_network(
@@ -235,7 +242,102 @@ class _ParamsSession(_SessionBase):
 
 
 class InferenceModel(_ParamsSession):
-    """HugeCTR ``InferenceModel(model_config_path, inference_params)`` (CSR predict only)."""
+    """HugeCTR ``InferenceModel(model_config_path, inference_params)`` (reference §18.3).
+
+    ``predict`` / ``evaluate`` read batches from data files (or take a CSR request, as the
+    sessions do); ``check_out_tensor(tensor_name)`` returns a named tensor of the last batch
+    they ran. The tensors kept are those of one batch only: the dense input, every embedding's
+    pooled output ``(B, slot_num, dim)``, every dense layer's top, and (after the reader-driven
+    overloads) the labels read with the batch. Loss layers are skipped at inference (as
+    HugeCTR's inference network skips them), so a loss top is not among them.
+    """
+
+    def __init__(self, model_config_path: str, inference_params: InferenceParams,
+                 *, dense_network: DenseNetwork | None = None,
+                 parameter_server: HPS | None = None) -> None:
+        self._kept: dict[str, torch.Tensor] = {}
+        self._schema: DataSchema | None = None
+        graph_path = inference_params.network_file or model_config_path
+        if dense_network is None:
+            from terarec.graph.inference import build_inference_network
+
+            dense_fn, network = build_inference_network(
+                graph_path, inference_params.dense_model_file, _params_device(inference_params),
+                inference_params.non_trainable_params_file)
+            network.register_forward_hook(self._keep_network_tensors)
+            self._schema = network.schema
+            dense_network = (dense_fn, embedding_specs_from_graph(graph_path))
+        super().__init__(model_config_path, inference_params, dense_network=dense_network,
+                         parameter_server=parameter_server)
+        self._dense_name = (self._schema.dense_name if self._schema is not None
+                            else _dense_name_of(graph_path))
+        inner = self.core.dense.dense_fn
+
+        def keeping_dense_fn(pooled: dict[str, torch.Tensor], dense: torch.Tensor
+                             ) -> torch.Tensor:
+            self._kept = {self._dense_name: dense, **pooled}
+            return inner(pooled, dense)
+
+        self.core.dense.dense_fn = keeping_dense_fn
+
+    def _keep_network_tensors(self, network: Any, _args: Any, out: Any) -> None:
+        """Forward hook of the dense network: keep its named tensors (not its zero labels)."""
+        labels = set(network.schema.label_names)
+        self._kept.update({k: v for k, v in out.tensors.items() if k not in labels})
+
+    def _from_reader(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        preds, labels = super()._from_reader(*args, **kwargs)
+        if self._kept:
+            self._keep_labels(labels[-next(iter(self._kept.values())).shape[0]:])
+        return preds, labels
+
+    def _keep_labels(self, labels: np.ndarray) -> None:
+        """The last batch's labels under the Data layer's label names."""
+        if self._schema is None:
+            from terarec.graph.json_io import read_graph_json
+
+            self._schema = read_graph_json(self.graph_path, include_dense_network=False).schema
+        assert self._schema is not None  # noqa: S101 - read_graph_json requires a Data layer
+        start = 0
+        for name, dim in zip(self._schema.label_names, self._schema.label_dims):
+            self._kept[name] = torch.from_numpy(np.ascontiguousarray(labels[:, start:start + dim]))
+            start += dim
+
+    def check_out_tensor(self, tensor_name: str) -> np.ndarray:
+        """The named tensor of the last batch run by ``predict`` / ``evaluate``, as float32
+        numpy in the tensor's shape (batch first).
+
+        Raises:
+            ConfigError: no batch was run yet, or ``tensor_name`` is not a tensor of the model
+                (the message lists the valid names).
+        """
+        if not isinstance(tensor_name, str):
+            raise ConfigError("InferenceModel.check_out_tensor(tensor_name=...)",
+                              "a tensor name (str)", tensor_name)
+        if not self._kept:
+            raise ConfigError("InferenceModel.check_out_tensor",
+                              "a predict(...) or evaluate(...) call first", None)
+        if tensor_name not in self._kept:
+            raise ConfigError("InferenceModel.check_out_tensor(tensor_name=...)",
+                              f"one of {sorted(self._kept)}", tensor_name)
+        return self._kept[tensor_name].detach().float().cpu().numpy()
+
+
+def _params_device(params: InferenceParams) -> torch.device:
+    """The device an ``InferenceParams`` session runs on (its first deployed device)."""
+    return device_for(params.deployed_devices[0] if params.deployed_devices
+                      else params.device_id)
+
+
+def _dense_name_of(graph_path: str) -> str:
+    """The dense input's name in the graph JSON's Data layer (``"dense"`` when it names none)."""
+    try:
+        layers = json.loads(Path(graph_path).read_text()).get("layers", [])
+    except (OSError, ValueError, AttributeError):
+        return "dense"
+    data = next((ly for ly in layers if isinstance(ly, dict) and ly.get("type") == "Data"), {})
+    dense = data.get("dense", {})
+    return str(dense.get("top", "dense")) if isinstance(dense, dict) else "dense"
 
 
 def CreateInferenceSession(config_file: str, params: InferenceParams,  # noqa: N802

@@ -10,11 +10,16 @@ Owns the TorchRec layout and its validation, nothing about tables. A ``KeyedJagg
 * ``offsets``: shape ``[K * B + 1]``, the running sum of ``lengths`` starting at 0;
 * ``weights`` (optional): one float per id, same layout as ``values``.
 
+``KeyedJaggedTensor.permute`` / ``split`` / ``concat`` regroup keys (with their lengths, values
+and weights) as TorchRec's do.
+
 This is the transpose of terarec's :class:`~terarec.sparse.SparseInput` (sample-major rows
 ``b * S + s``); :mod:`terarec.torchrec.layout` converts one into the other.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -29,6 +34,20 @@ def _as_index_tensor(t: torch.Tensor, where: str) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ConfigError(where, "an integer tensor", t.dtype)
     return t
+
+
+def _index_list(indices: object, where: str) -> list[int]:
+    """``indices`` (a list / tuple of ints or a 1-D integer tensor) as a list of ints."""
+    if torch.is_tensor(indices):
+        indices = _as_index_tensor(indices, where).tolist()  # type: ignore[arg-type]
+    if not isinstance(indices, (list, tuple)):
+        raise ConfigError(where, "a list of int", indices)
+    try:
+        if any(isinstance(i, bool) for i in indices):
+            raise TypeError("bool")
+        return [operator.index(i) for i in indices]
+    except TypeError:
+        raise ConfigError(where, "a list of int", indices) from None
 
 
 def _offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -302,6 +321,111 @@ class KeyedJaggedTensor:
 
     def to_dict(self) -> dict[str, JaggedTensor]:
         return {k: self[k] for k in self._keys}
+
+    # --- key-wise regrouping (TorchRec's permute / split / concat) ------------------------------
+    def permute(self, indices: list[int],
+                indices_tensor: torch.Tensor | None = None) -> KeyedJaggedTensor:
+        """A KJT of the keys ``[keys()[i] for i in indices]``, each with its lengths, values
+        and weights (TorchRec's ``permute``; ``indices_tensor``, TorchRec's device copy of
+        ``indices``, must hold the same indices when given).
+
+        ``indices`` may leave keys out but may not repeat one (keys are unique here).
+
+        Example:
+            >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+            ...     ["f1", "f2"], torch.tensor([1, 2, 3, 4]), torch.tensor([2, 0, 1, 1]))
+            >>> p = kjt.permute([1, 0])
+            >>> p.keys(), p.values().tolist(), p.lengths().tolist()
+            (['f2', 'f1'], [3, 4, 1, 2], [1, 1, 2, 0])
+        """
+        where = "KeyedJaggedTensor.permute(indices=...)"
+        order = _index_list(indices, where)
+        k = len(self._keys)
+        bad = [i for i in order if not 0 <= i < k]
+        if bad:
+            raise ConfigError(where, f"key indices in 0..{k - 1} (keys {self._keys})", bad)
+        dup = sorted({i for i in order if order.count(i) > 1})
+        if dup:
+            raise ConfigError(where, "each key index at most once (keys are unique)", dup)
+        if indices_tensor is not None and \
+                _index_list(indices_tensor, "KeyedJaggedTensor.permute(indices_tensor=...)") \
+                != order:
+            raise ConfigError("KeyedJaggedTensor.permute(indices_tensor=...)",
+                              f"the same indices as indices={order}", indices_tensor.tolist())
+        b, opk = self._stride, self.offset_per_key()
+        dev = self._values.device
+        pick = [torch.arange(opk[i], opk[i + 1], device=dev) for i in order]
+        rows = torch.cat(pick) if pick else torch.empty(0, dtype=torch.int64, device=dev)
+        lengths = [self._lengths[i * b:(i + 1) * b] for i in order]
+        return KeyedJaggedTensor(
+            [self._keys[i] for i in order], self._values[rows],
+            None if self._weights is None else self._weights[rows],
+            lengths=torch.cat(lengths) if lengths else self._lengths[:0], stride=b)
+
+    def split(self, segments: list[int]) -> list[KeyedJaggedTensor]:
+        """One KJT per segment, of ``segments[j]`` consecutive keys each (TorchRec's
+        ``split``); ``sum(segments)`` must be ``len(keys())``, a 0 gives a KJT with no keys.
+
+        Example:
+            >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+            ...     ["f1", "f2", "f3"], torch.tensor([1, 2, 3]), torch.tensor([1, 0, 1, 0, 0, 1]))
+            >>> [(s.keys(), s.values().tolist()) for s in kjt.split([1, 2])]
+            [(['f1'], [1]), (['f2', 'f3'], [2, 3])]
+        """
+        where = "KeyedJaggedTensor.split(segments=...)"
+        sizes = _index_list(segments, where)
+        if any(n < 0 for n in sizes) or sum(sizes) != len(self._keys):
+            raise ConfigError(where, f"non-negative segment sizes summing to the "
+                              f"{len(self._keys)} keys {self._keys}", sizes)
+        b, opk = self._stride, self.offset_per_key()
+        out, start = [], 0
+        for n in sizes:
+            end = start + n
+            lo, hi = opk[start], opk[end]
+            out.append(KeyedJaggedTensor(
+                self._keys[start:end], self._values[lo:hi],
+                None if self._weights is None else self._weights[lo:hi],
+                lengths=self._lengths[start * b:end * b], stride=b))
+            start = end
+        return out
+
+    @staticmethod
+    def concat(kjt_list: list[KeyedJaggedTensor]) -> KeyedJaggedTensor:
+        """The keys of every KJT of ``kjt_list``, in order, as one KJT (TorchRec's ``concat``).
+
+        Every KJT must have the same stride (batch size); weights on all of them or none; a key
+        may appear in only one of them.
+
+        Example:
+            >>> a = KeyedJaggedTensor.from_lengths_sync(["f1"], torch.tensor([1]),
+            ...                                         torch.tensor([1, 0]))
+            >>> b = KeyedJaggedTensor.from_lengths_sync(["f2"], torch.tensor([2, 3]),
+            ...                                         torch.tensor([0, 2]))
+            >>> c = KeyedJaggedTensor.concat([a, b])
+            >>> c.keys(), c.values().tolist(), c.lengths().tolist()
+            (['f1', 'f2'], [1, 2, 3], [1, 0, 0, 2])
+        """
+        where = "KeyedJaggedTensor.concat(kjt_list=...)"
+        if not isinstance(kjt_list, (list, tuple)) or not kjt_list:
+            raise ConfigError(where, "a non-empty list of KeyedJaggedTensor", kjt_list)
+        bad = [i for i, t in enumerate(kjt_list) if not isinstance(t, KeyedJaggedTensor)]
+        if bad:
+            raise ConfigError(where, "KeyedJaggedTensor entries",
+                              {i: type(kjt_list[i]).__name__ for i in bad})
+        strides = [t.stride() for t in kjt_list]
+        if len(set(strides)) > 1:
+            raise ConfigError(where, "KJTs of one stride (batch size)", strides)
+        with_w = [t.weights_or_none() is not None for t in kjt_list]
+        if any(with_w) and not all(with_w):
+            raise ConfigError(where, "weights on every KJT or on none", with_w)
+        keys = [k for t in kjt_list for k in t._keys]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ConfigError(where, "each key in one KJT only (keys are unique)", dup)
+        weights = torch.cat([t.weights() for t in kjt_list]) if all(with_w) else None
+        return KeyedJaggedTensor(keys, torch.cat([t.values() for t in kjt_list]), weights,
+                                 lengths=torch.cat([t.lengths() for t in kjt_list]),
+                                 stride=strides[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> KeyedJaggedTensor:
         w = self._weights

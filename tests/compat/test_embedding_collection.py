@@ -140,6 +140,78 @@ def test_shared_table_maps_to_lookups_and_multi_hot_concat_is_refused():
 VOCAB, EV, B = 20, 4, 16
 
 
+def concat_model(nnz: int, list_form: bool = False) -> hugectr.Model:
+    """One static table looked up with ``"concat"`` from input ``d0`` of hotness ``nnz``."""
+    solver = hugectr.CreateSolver(batchsize=B, batchsize_eval=B, lr=0.01, seed=5,
+                                  use_embedding_collection=True)
+    reader = hugectr.DataReaderParams(
+        data_reader_type=hugectr.DataReaderType_t.RawAsync, source=["unused"],
+        eval_source="unused", check_type=hugectr.Check_t.Non, slot_size_array=[])
+    opt = hugectr.CreateOptimizer(optimizer_type=hugectr.Optimizer_t.SGD)
+    model = hugectr.Model(solver, reader, opt)
+    model.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=4, dense_name="dense",
+                            data_reader_sparse_param_array=[
+                                hugectr.DataReaderSparseParam("d0", nnz, nnz == 1, 1),
+                                hugectr.DataReaderSparseParam("d1", 1, True, 1)]))
+    t = hugectr.EmbeddingTableConfig("t", VOCAB, EV)
+    ebc = hugectr.EmbeddingCollectionConfig()
+    if list_form:
+        ebc.embedding_lookup([t, t], ["d1", "d0"], "emb", ["sum", "concat"])
+    else:
+        ebc.embedding_lookup(t, "d0", "emb", "concat")
+    model.add(ebc)
+    return model
+
+
+def test_multi_hot_concat_is_refused_at_add_with_hugectr_rule():
+    """HugeCTR's concat combiner (embedding-collection code; reference §8.2 lists it) does not
+    pool: a lookup's output is (batch, 1, max_hotness * ev_size). terarec's pooled tables do
+    not implement that, so Model.add refuses it, stating the rule, and adds nothing."""
+    for list_form in (False, True):
+        with pytest.raises(NotSupportedError) as err:
+            concat_model(3, list_form)
+        msg = str(err.value)
+        assert "'d0'" in msg and "max_hotness=3" in msg
+        assert "(batch, 1, max_hotness * ev_size) = (batch, 1, 3 * 4) = (batch, 1, 12)" in msg
+        assert "'sum' or 'average'" in msg
+    assert [e.top for e in concat_model(1).spec.embeddings] == ["emb"]  # one-hot: taken
+    # nothing half-added: the failing add leaves the model without embeddings
+    ebc = hugectr.EmbeddingCollectionConfig()
+    ebc.embedding_lookup(hugectr.EmbeddingTableConfig("u", VOCAB, EV), "d0", "e2", "concat")
+    bad = hugectr.Model(hugectr.CreateSolver(batchsize=B), None, hugectr.CreateOptimizer())
+    bad.add(hugectr.Input(label_dim=1, label_name="label", dense_dim=4, dense_name="dense",
+                          data_reader_sparse_param_array=[
+                              hugectr.DataReaderSparseParam("d0", [2], False, 1)]))
+    with pytest.raises(NotSupportedError, match="max_hotness=2"):
+        bad.add(ebc)
+    assert bad.spec.embeddings == []
+
+
+def test_one_hot_concat_is_the_key_vector_as_hugectr():
+    """One-hot concat: (batch, 1, 1 * ev_size) = the key's vector, zeros for an empty row."""
+    from terarec.data.batch import Batch
+    from terarec.sparse import SparseInput
+
+    model = concat_model(1)
+    L = hugectr.Layer_t
+    model.add(hugectr.DenseLayer(L.Reshape, ["emb"], ["r"], leading_dim=EV))
+    model.add(hugectr.DenseLayer(L.Concat, ["r", "dense"], ["c"]))
+    model.add(hugectr.DenseLayer(L.InnerProduct, ["c"], ["fc"], num_output=1))
+    model.add(hugectr.DenseLayer(L.BinaryCrossEntropyLoss, ["fc", "label"], ["loss"]))
+    model.compile()
+    w = np.random.default_rng(2).uniform(-0.5, 0.5, (VOCAB, EV)).astype(np.float32)
+    model.engine.tables["emb"].load(np.arange(VOCAB), w)
+    keys = [[[k]] if k >= 0 else [[]] for k in np.random.default_rng(3).integers(-1, VOCAB, B)]
+    batch = Batch(labels=torch.zeros(B, 1), dense=torch.zeros(B, 4),
+                  sparse={"d0": SparseInput.from_lists(keys),
+                          "d1": SparseInput.from_lists([[[0]]] * B)})
+    model.engine.eval_step(batch)
+    got = model.check_out_tensor("emb", hugectr.Tensor_t.Evaluate)
+    want = np.stack([w[k[0][0]] if k[0] else np.zeros(EV, np.float32) for k in keys])
+    assert got.shape == (B, 1, EV)
+    np.testing.assert_allclose(got[:, 0], want, atol=1e-6)
+
+
 def shared_model(optimizer: str, direct: bool, lr: float = 0.05) -> hugectr.Model:
     """Table ``t`` looked up twice (list form): ``d0`` (multi-hot) summed, ``d1`` averaged."""
     solver = hugectr.CreateSolver(batchsize=B, batchsize_eval=B, lr=lr, seed=5,
