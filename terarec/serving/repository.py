@@ -10,8 +10,11 @@ Owns the layout ``<root>/<model>/<version>/`` (version = a positive integer fold
      "params": {"hit_rate_threshold": 0.9, "gpucacheper": 0.5, ...}}   # optional InferenceParams
      # (ps.json spellings accepted) incl. volatile_db / persistent_db blocks
 
-Relative paths are relative to the version folder. Loading a version builds its backend
-completely before one assignment publishes it; requests that started on the old version keep
+Relative paths are relative to the version folder. A model folder holding a ``config.pbtxt``
+with ``backend: "hugectr"`` (HugeCTR's Triton backend layout, files named by an HPS ``ps.json``)
+is served as it is: see :mod:`terarec.serving.hugectr_repository`; any other folder is an
+error naming it. Loading a version builds its backend completely before one assignment
+publishes it; requests that started on the old version keep
 their reference and finish on it, and the old backend is closed when the last one is done.
 """
 
@@ -26,6 +29,11 @@ from typing import Any, Protocol
 
 from terarec.errors import ConfigError
 from terarec.inference.session import SessionCore
+from terarec.serving.hugectr_repository import (
+    hugectr_model_config,
+    hugectr_versions,
+    is_hugectr_model,
+)
 
 
 class Backend(Protocol):
@@ -39,7 +47,10 @@ InferenceParamsT = Any
 
 
 def params_from_config(model: str, folder: Path, config: dict[str, Any]) -> Any:
-    """``InferenceParams`` of a version folder's ``config.json``."""
+    """``InferenceParams`` of a version folder's ``config.json`` (or the ready ones of a
+    HugeCTR Triton model folder, ``config["inference_params"]``)."""
+    if "inference_params" in config:
+        return config["inference_params"]
     from terarec.inference.params import (
         InferenceParams,
         PersistentDatabaseParams,
@@ -119,11 +130,13 @@ class LoadedModel:
 class ModelRepository:
     """Versions found under ``root``; the highest version of each model is served."""
 
-    def __init__(self, root: str | Path, loader: Loader = default_loader) -> None:
+    def __init__(self, root: str | Path, loader: Loader = default_loader,
+                 ps_json: str | Path | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ConfigError("model repository", "an existing folder", str(self.root))
         self.loader = loader
+        self.ps_json = ps_json  # HugeCTR layout: ``--ps`` / ``--backend-config hugectr,ps=``
         self._models: dict[str, LoadedModel] = {}
         self._load_lock = threading.Lock()
         self.errors: dict[str, str] = {}
@@ -132,11 +145,25 @@ class ModelRepository:
         folder = self.root / name
         if not folder.is_dir():
             return []
+        if is_hugectr_model(folder):
+            return hugectr_versions(folder)
         return sorted(int(p.name) for p in folder.iterdir()
                       if p.is_dir() and p.name.isdigit() and (p / "config.json").is_file())
 
+    def _folders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def model_names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        return [p.name for p in self._folders() if self.versions(p.name)]
+
+    def _no_versions(self, name: str) -> ConfigError:
+        folder = self.root / name
+        if is_hugectr_model(folder):
+            return ConfigError(f"model folder {folder}", "a numbered version folder next to "
+                               "config.pbtxt (Triton's layout, e.g. 1/)", None)
+        return ConfigError(f"model folder {folder}", "config.pbtxt (HugeCTR Triton backend) or "
+                           "<version>/config.json (terarec layout)",
+                           sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None)
 
     def get(self, name: str) -> LoadedModel | None:
         return self._models.get(name)
@@ -146,8 +173,7 @@ class ModelRepository:
         with self._load_lock:
             versions = self.versions(name)
             if not versions:
-                raise ConfigError(f"model {name!r}", f"a version folder with config.json under "
-                                  f"{self.root / name}", None)
+                raise self._no_versions(name)
             version = versions[-1] if version is None else int(version)
             if version not in versions:
                 raise ConfigError(f"model {name!r} version", f"one of {versions}", version)
@@ -155,7 +181,10 @@ class ModelRepository:
             if current is not None and current.version == version:
                 return current
             folder = self.root / name / str(version)
-            config = json.loads((folder / "config.json").read_text())
+            if is_hugectr_model(self.root / name):
+                config = hugectr_model_config(name, self.root / name, self.root, self.ps_json)
+            else:
+                config = json.loads((folder / "config.json").read_text())
             backend = self.loader(name, folder, config)
             entry = LoadedModel(name, version, backend, config)
             self._models[name] = entry  # the atomic swap
@@ -167,6 +196,9 @@ class ModelRepository:
     def poll(self) -> list[str]:
         """Load models and versions that appeared since the last call; returns what changed."""
         changed = []
+        for folder in self._folders():
+            if not self.versions(folder.name):
+                self.errors[folder.name] = str(self._no_versions(folder.name))
         for name in self.model_names():
             current = self._models.get(name)
             newest = self.versions(name)[-1]

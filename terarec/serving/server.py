@@ -36,15 +36,16 @@ class ServerThread:
         port: 0 picks a free port (read it from ``.port`` after start).
         poll_interval_s: check the repository for new versions this often (0: never).
         loader: how a version folder becomes a backend (tests inject a tiny network).
+        ps_json: the HPS ``ps.json`` of HugeCTR Triton model folders (``terarec serve --ps``).
         **app_kwargs: ``max_batch_size``, ``max_delay_s``, ``max_request_bytes``.
     """
 
     def __init__(self, repository: ModelRepository | str | Path, host: str = "127.0.0.1",
                  port: int = 0, poll_interval_s: float = 0.0, loader: Loader = default_loader,
-                 **app_kwargs: Any) -> None:
+                 ps_json: str | Path | None = None, **app_kwargs: Any) -> None:
         uvicorn = require("uvicorn", extra="serve", feature="terarec serve")
         if not isinstance(repository, ModelRepository):
-            repository = ModelRepository(repository, loader)
+            repository = ModelRepository(repository, loader, ps_json=ps_json)
         self.repository = repository
         repository.poll()
         self.app = create_app(repository, **app_kwargs)
@@ -89,10 +90,12 @@ class ServerThread:
 
 
 def serve(model_repository: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          poll_interval_s: float = 5.0, **app_kwargs: Any) -> None:
-    """Serve ``model_repository`` until interrupted (``terarec serve``)."""
+          poll_interval_s: float = 5.0, ps_json: str | Path | None = None,
+          **app_kwargs: Any) -> None:
+    """Serve ``model_repository`` until interrupted (``terarec serve``); ``ps_json`` is the HPS
+    config of HugeCTR Triton model folders (``--ps``)."""
     uvicorn = require("uvicorn", extra="serve", feature="terarec serve")
-    repository = ModelRepository(model_repository)
+    repository = ModelRepository(model_repository, ps_json=ps_json)
     loaded = repository.poll()
     print(f"terarec serve: loaded {loaded or 'no models'}; errors: {repository.errors or 'none'}")
     poller = _Poller(repository, poll_interval_s) if poll_interval_s > 0 else None
