@@ -33,6 +33,7 @@ from terarec.errors import ConfigError, TrainingError
 from terarec.graph.builder import DenseNetwork
 from terarec.graph.json_io import read_graph_json, write_graph_json
 from terarec.graph.spec import GraphSpec
+from terarec.metrics.extensions import MetricSet
 from terarec.optim.config import OptimizerConfig
 from terarec.optim.schedule import LearningRateScheduler
 from terarec.training.engine import Engine
@@ -72,7 +73,7 @@ class Model(ModelFilesMixin):
         self.train_reader = ReaderSlot(self, train=True)
         self.eval_reader = ReaderSlot(self, train=False)
         self._loss: torch.Tensor | None = None
-        self._metrics: dict[str, Any] = {}
+        self._metrics = MetricSet()  # HugeCTR's metrics_spec + terarec extras (add_metric)
         self._eval_losses: list[tuple[float, int]] = []
         self._loss_names: list[str] | None = None
         self._loss_weights: list[float] | None = None
@@ -183,10 +184,16 @@ class Model(ModelFilesMixin):
     def local_batchsize(self) -> int:
         return self.solver.batchsize
 
-    def _make_metrics(self) -> dict[str, Any]:
+    def _make_metrics(self) -> MetricSet:
         from terarec.metrics import create_metrics
 
-        return create_metrics(self.solver.metrics_spec)
+        return self._metrics.rebuilt(create_metrics(self.solver.metrics_spec))
+
+    def add_metric(self, metric: Any) -> Any:
+        """terarec extra: evaluate ``metric`` too, next to ``metrics_spec``'s (a
+        :class:`terarec.metrics.GroupAUC` / ``NormalizedEntropy`` object, or an extension name
+        such as ``"GAUC"`` or ``"NE"``); before or after ``compile``. Returns the metric."""
+        return self._metrics.add(metric)
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -411,20 +418,17 @@ class Model(ModelFilesMixin):
         batch = self.eval_reader.next_batch()
         if batch is None:
             return False
-        out = engine.eval_step(self._whole_batch(batch))
-        self._update_metrics(out, batch.batch_size)
+        whole = self._whole_batch(batch)
+        out = engine.eval_step(whole)
+        self._update_metrics(out, batch.batch_size, whole)
         return True
 
-    def _update_metrics(self, out: Any, n: int) -> None:
+    def _update_metrics(self, out: Any, n: int, batch: Batch | None = None) -> None:
         loss = float(out.loss) if out.loss is not None else None
-        for metric in self._metrics.values():
-            metric.update(out.predictions, out.labels, loss)
+        self._metrics.update(out.predictions, out.labels, loss, batch=batch)
 
     def get_eval_metrics(self) -> list[tuple[str, float]]:
-        results = [(name, float(m.compute())) for name, m in self._metrics.items()]
-        for m in self._metrics.values():
-            m.reset()
-        return results
+        return self._metrics.results()
 
     def run_evaluation(self) -> list[tuple[str, float]]:
         """``max_eval_batches`` eval batches (epoch mode: until the eval source ends)."""
@@ -511,8 +515,9 @@ class Model(ModelFilesMixin):
         for batch in self.eval_reader.iterate_once():
             if num_batches is not None and n >= num_batches:
                 break
-            out = engine.eval_step(self._whole_batch(batch))
-            self._update_metrics(out, batch.batch_size)
+            whole = self._whole_batch(batch)
+            out = engine.eval_step(whole)
+            self._update_metrics(out, batch.batch_size, whole)
             n += 1
         if n == 0:
             raise TrainingError("Model.evaluate: the eval source yielded no batch")

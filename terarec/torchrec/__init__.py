@@ -4,11 +4,20 @@ For TorchRec users: ``KeyedJaggedTensor`` / ``JaggedTensor`` / ``KeyedTensor``
 (:mod:`~terarec.torchrec.jagged`, :mod:`~terarec.torchrec.keyed`), ``EmbeddingBagConfig`` /
 ``PoolingType`` (:mod:`~terarec.torchrec.config`), ``EmbeddingBagCollection``
 (:mod:`~terarec.torchrec.embedding_bag`) and ``apply_optimizer_in_backward``
-(:mod:`~terarec.torchrec.optim`). TorchRec itself is never imported.
+(:mod:`~terarec.torchrec.optim`), ``EmbOptimType`` / ``EmbeddingBagCollectionSharder``
+(``fused_params``, :mod:`~terarec.torchrec.fused_params`), the ``fused_optimizer`` state view
+(:mod:`~terarec.torchrec.fused_optim`) and ``TrainPipelineSparseDist``
+(:mod:`~terarec.torchrec.train_pipeline`). TorchRec itself is never imported.
 """
 
 from terarec.torchrec.config import EmbeddingBagConfig, PoolingType
 from terarec.torchrec.embedding_bag import EmbeddingBagCollection, EmbeddingBagTable
+from terarec.torchrec.fused_optim import FusedOptimizer
+from terarec.torchrec.fused_params import (
+    EmbeddingBagCollectionSharder,
+    EmbOptimType,
+    fused_params_to_optimizer,
+)
 from terarec.torchrec.jagged import JaggedTensor, KeyedJaggedTensor
 from terarec.torchrec.keyed import KeyedTensor
 from terarec.torchrec.layout import IdOutOfRangeError
@@ -17,9 +26,12 @@ from terarec.torchrec.optim import (
     in_backward_optimizer_filter,
     sparse_optimizer_config,
 )
+from terarec.torchrec.train_pipeline import TrainPipelineSparseDist
 
 __all__ = [
-    "EmbeddingBagCollection", "EmbeddingBagConfig", "EmbeddingBagTable", "IdOutOfRangeError",
-    "JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "PoolingType",
-    "apply_optimizer_in_backward", "in_backward_optimizer_filter", "sparse_optimizer_config",
+    "EmbOptimType", "EmbeddingBagCollection", "EmbeddingBagCollectionSharder",
+    "EmbeddingBagConfig", "EmbeddingBagTable", "FusedOptimizer", "IdOutOfRangeError",
+    "JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "PoolingType", "TrainPipelineSparseDist",
+    "apply_optimizer_in_backward", "fused_params_to_optimizer", "in_backward_optimizer_filter",
+    "sparse_optimizer_config",
 ]

@@ -29,6 +29,8 @@ from terarec.errors import ConfigError, NotSupportedError
 from terarec.optim.config import OptimizerConfig
 from terarec.sparse import SparseInput
 from terarec.torchrec.config import EmbeddingBagConfig, PoolingType
+from terarec.torchrec.fused_optim import FusedEntry, FusedOptimizer
+from terarec.torchrec.fused_params import apply_fused_params
 from terarec.torchrec.jagged import KeyedJaggedTensor
 from terarec.torchrec.keyed import KeyedTensor
 from terarec.torchrec.layout import table_input
@@ -132,6 +134,13 @@ class EmbeddingBagCollection(nn.Module):
             feature read by one table only).
         is_weighted: pool ``sum(weight_i * row_i)`` with the KJT's per-id weights (SUM tables).
         device: where the tables live.
+        fused_params: terarec extension: TorchRec's sharder ``fused_params`` (e.g.
+            ``{"optimizer": EmbOptimType.EXACT_ADAGRAD, "learning_rate": 0.05}``) applied to
+            every table, as ``apply_optimizer_in_backward`` would
+            (:mod:`~terarec.torchrec.fused_params`).
+
+    ``fused_optimizer``: the tables' in-backward optimizers as TorchRec's ``KeyedOptimizer``
+    (``state_dict()`` / ``load_state_dict()``, :mod:`~terarec.torchrec.fused_optim`).
 
     Output keys: the tables in order, each table's features in order; each feature a
     ``[B, embedding_dim]`` block of ``values()`` (TorchRec's order).
@@ -145,7 +154,8 @@ class EmbeddingBagCollection(nn.Module):
     """
 
     def __init__(self, tables: list[EmbeddingBagConfig], is_weighted: bool = False,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None,
+                 fused_params: dict[str, Any] | None = None) -> None:
         super().__init__()
         tables = list(tables)
         if not tables or any(not isinstance(t, EmbeddingBagConfig) for t in tables):
@@ -176,6 +186,45 @@ class EmbeddingBagCollection(nn.Module):
         self._embedding_names = [f for t in tables for f in t.feature_names]
         self._lengths_per_embedding = [t.embedding_dim for t in tables for _ in t.feature_names]
         self.sharded_lookup: Lookup | None = None  # set by DistributedModelParallel
+        self._fused: tuple[tuple[int, ...], FusedOptimizer] | None = None
+        self._staged: tuple[KeyedJaggedTensor, dict, dict] | None = None
+        if fused_params is not None:
+            apply_fused_params(self.parameters(), fused_params)
+
+    @property
+    def fused_optimizer(self) -> FusedOptimizer:
+        """The tables trained in the backward (those given an optimizer), keyed
+        ``embedding_bags.<table>.weight``, states dense ``[num_embeddings, dim]`` by id. Kept
+        while the tables' optimizers stay the same (``param_groups`` edits persist)."""
+        if not len(self.embedding_bags):
+            raise ConfigError("EmbeddingBagCollection.fused_optimizer", "a collection that "
+                              "is not sharded (use DistributedModelParallel.fused_optimizer)",
+                              "sharded")
+        bags = [self.embedding_bags[c.name] for c in self._configs]
+        sig = tuple(id(b.table.optimizer) for b in bags if b.optimizer_spec is not None)
+        if self._fused is None or self._fused[0] != sig:
+            entries = [FusedEntry(f"embedding_bags.{b.config.name}.weight", b.config.name,
+                                  [(b.config.name, b.table)], b.config.num_embeddings,
+                                  b.table.optimizer.lr, b.table.config.optimizer.type)
+                       for b in bags if b.optimizer_spec is not None]
+            self._fused = (sig, FusedOptimizer(entries))
+        return self._fused[1]
+
+    def stage(self, features: KeyedJaggedTensor) -> tuple[dict[str, SparseInput],
+                                                          dict[str, torch.Tensor | None]]:
+        """Convert ``features`` now and keep the result for the forward of this very KJT
+        (used by the train pipeline to issue a later batch's key exchange ahead)."""
+        sparse, weights = self._convert(features)
+        self._staged = (features, sparse, weights)
+        return sparse, weights
+
+    @property
+    def staged(self) -> KeyedJaggedTensor | None:
+        """The KJT staged by :meth:`stage` and not yet consumed by a forward."""
+        return None if self._staged is None else self._staged[0]
+
+    def drop_staged(self) -> None:
+        self._staged = None
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         return list(self._configs)
@@ -189,7 +238,16 @@ class EmbeddingBagCollection(nn.Module):
 
     def table_inputs(self, features: KeyedJaggedTensor
                      ) -> tuple[dict[str, SparseInput], dict[str, torch.Tensor | None]]:
-        """Each table's ids (terarec's sample-major CSR, one slot per feature) and weights."""
+        """Each table's ids (terarec's sample-major CSR, one slot per feature) and weights
+        (those of :meth:`stage` when ``features`` is the staged KJT)."""
+        if self._staged is not None and self._staged[0] is features:
+            _, sparse, weights = self._staged
+            self._staged = None
+            return sparse, weights
+        return self._convert(features)
+
+    def _convert(self, features: KeyedJaggedTensor
+                 ) -> tuple[dict[str, SparseInput], dict[str, torch.Tensor | None]]:
         if not isinstance(features, KeyedJaggedTensor):
             raise ConfigError("EmbeddingBagCollection.forward(features)", "a KeyedJaggedTensor",
                               type(features).__name__)

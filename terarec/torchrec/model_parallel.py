@@ -16,6 +16,15 @@ Each rank passes its own slice of the global batch (equal slices: DDP averages);
 that rank's samples. Training on W ranks then equals one process on the global batches.
 After wrapping, ``state_dict()`` holds the dense parameters only; the tables are saved with
 :func:`terarec.distributed.save_shards` (``dmp.sharded_collections()``).
+
+``dmp.fused_optimizer`` (TorchRec's ``KeyedOptimizer`` view, :mod:`~terarec.torchrec.
+fused_optim`) holds this rank's part of the fused optimizer state: per table trained in the
+backward, keyed ``<module path>.embedding_bags.<table>.weight``, the states of the rows this
+rank stores (``<table>.ids`` + ``<table>.momentum1`` ... ``[rows, dim]``, and ``<table>.step``):
+row-wise / table-wise: its shard (nothing where it holds none), replicated: the whole table
+(every rank alike), column-wise: its column block of every row, hybrid: its shard plus the hot
+rows (``<table>.hot.*``). It loads back on the same rank of the same world size and plan (each
+rank saves and loads its own); resharding goes through ``save_shards`` / ``load_shards``.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from terarec.embedding.table import EmbeddingTable
 from terarec.errors import ConfigError, NotSupportedError
 from terarec.sparse import SparseInput
 from terarec.torchrec.embedding_bag import EmbeddingBagCollection
+from terarec.torchrec.fused_optim import FusedEntry, FusedOptimizer
+from terarec.torchrec.fused_params import EmbeddingBagCollectionSharder, apply_fused_params
 from terarec.torchrec.optim import make_sparse_optimizer
 
 _CPU_PLANNER_MEMORY = 1 << 40
@@ -82,6 +93,34 @@ def shard_collection(ebc: EmbeddingBagCollection, device: torch.device,
     return collection
 
 
+def _sharders_fused_params(sharders: list[Any] | None, fused_params: dict[str, Any] | None
+                           ) -> dict[str, Any] | None:
+    """The one ``fused_params`` of the ``sharders`` and the ``fused_params`` argument."""
+    found = [] if fused_params is None else [fused_params]
+    for i, s in enumerate(sharders or []):
+        if not isinstance(s, EmbeddingBagCollectionSharder):
+            raise NotSupportedError(f"DistributedModelParallel(sharders[{i}]): "
+                                    f"{type(s).__name__} is not supported; terarec takes "
+                                    f"EmbeddingBagCollectionSharder(fused_params=...) only")
+        if s.fused_params is not None:
+            found.append(s.fused_params)
+    if any(f != found[0] for f in found[1:]):
+        raise ConfigError("DistributedModelParallel fused_params", "one fused_params (the "
+                          "argument and the sharders' agree)", found)
+    return found[0] if found else None
+
+
+def _fused_entry(key: str, name: str, collection: ShardedEmbeddingCollection, lr: float,
+                 kind: str, group: dist.ProcessGroup | None) -> FusedEntry:
+    """This rank's part of table ``name`` in the fused optimizer (keyed layout)."""
+    table = collection.tables[name]
+    parts = [(name if sub == "shard" else f"{name}.{sub}", m)
+             for sub, m in table.named_modules() if isinstance(m, EmbeddingTable)]
+    meta = {"rank": dist.get_rank(group), "world_size": dist.get_world_size(group),
+            "placement": table.placement.to_dict()}
+    return FusedEntry(key, name, parts, None, lr, kind, meta)
+
+
 class DistributedModelParallel(nn.Module):
     """TorchRec's ``DistributedModelParallel(module, device=None, plan=None)``.
 
@@ -92,13 +131,21 @@ class DistributedModelParallel(nn.Module):
         plan: a terarec :class:`ShardingPlan` naming every table of every collection
             (default: terarec's planner, per collection).
         group: the process group (default: the world).
+        sharders: TorchRec's sharders; only ``EmbeddingBagCollectionSharder(fused_params=...)``
+            matters (its ``fused_params``, as the argument below).
+        fused_params: the sparse optimizer (``{"optimizer": EmbOptimType..., "learning_rate":
+            ...}``) of every table that ``apply_optimizer_in_backward`` did not give one
+            (TorchRec's precedence: a per-parameter optimizer wins).
 
-    ``dmp.module`` is the wrapped model; ``forward`` runs it through DDP.
+    ``dmp.module`` is the wrapped model; ``forward`` runs it through DDP; ``fused_optimizer``
+    see the module docstring.
     """
 
     def __init__(self, module: nn.Module, device: torch.device | str | None = None,
                  plan: ShardingPlan | None = None,
-                 group: dist.ProcessGroup | None = None) -> None:
+                 group: dist.ProcessGroup | None = None,
+                 sharders: list[EmbeddingBagCollectionSharder] | None = None,
+                 fused_params: dict[str, Any] | None = None) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
             raise ConfigError("DistributedModelParallel", "an initialised torch.distributed "
@@ -106,11 +153,25 @@ class DistributedModelParallel(nn.Module):
                               "init_process_group)", None)
         self.device = torch.device("cpu" if device is None else device)
         module.to(self.device)
-        ebcs = [m for m in module.modules() if isinstance(m, EmbeddingBagCollection)]
-        if not ebcs:
+        named = [(p, m) for p, m in module.named_modules()
+                 if isinstance(m, EmbeddingBagCollection)]
+        if not named:
             raise ConfigError("DistributedModelParallel(module)", "a module holding at least "
                               "one EmbeddingBagCollection", type(module).__name__)
-        self._collections = [shard_collection(e, self.device, plan, group) for e in ebcs]
+        fused_params = _sharders_fused_params(sharders, fused_params)
+        if fused_params is not None:
+            for _, e in named:
+                apply_fused_params([b.weight for b in e.embedding_bags.values()
+                                    if b.optimizer_spec is None], fused_params)
+        trained = [{n: (b.table.optimizer.lr, b.table.config.optimizer.type)
+                    for n, b in e.embedding_bags.items() if b.optimizer_spec is not None}
+                   for _, e in named]
+        self._collections = [shard_collection(e, self.device, plan, group) for _, e in named]
+        self.fused_optimizer = FusedOptimizer([
+            _fused_entry(f"{p + '.' if p else ''}embedding_bags.{name}.weight", name, coll,
+                         lr, kind, group)
+            for (p, _), coll, tr in zip(named, self._collections, trained)
+            for name, (lr, kind) in tr.items()])
         dense = [p for p in module.parameters() if p.requires_grad]
         self._dmp_wrapped_module: nn.Module = module
         if dense:
