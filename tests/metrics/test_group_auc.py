@@ -270,7 +270,7 @@ def test_tiny_model_evaluation_reports_gauc_uauc_ne(tmp_path: Path) -> None:
     for batch in model.eval_reader.iterate_once():
         out = model.engine.eval_step(batch)
         ms.update(out.predictions, out.labels, float(out.loss), batch=batch)
-        group_ids.append(batch.sparse["data1"].keys.reshape(-1, 3)[:, 0].numpy())
+        group_ids.append(batch.sparse["data1"].keys.reshape(-1, 3)[:, 0].cpu().numpy())
     res = dict(ms.results())
     assert res["AUC"] == pytest.approx(model.evaluate()["AUC"], abs=1e-12)
     preds = model.predict().reshape(-1)
