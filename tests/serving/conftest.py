@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("starlette", reason="the 'serve' extra is not installed")
-pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
+from terarec.inference import embedding_specs_from_graph, write_sparse_model
 
-from terarec.inference import embedding_specs_from_graph, write_sparse_model  # noqa: E402
+# The 'serve' extra (starlette, uvicorn) is checked by each test module (importorskip there: a
+# skip raised while pytest loads this conftest, e.g. `pytest tests/serving/x.py`, aborts the run).
 
 GRAPH = {"layers": [
     {"name": "data", "type": "Data", "label": {"top": "label", "label_dim": 1},

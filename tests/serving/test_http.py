@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+pytest.importorskip("starlette", reason="the 'serve' extra is not installed")
+pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 httpclient = pytest.importorskip("tritonclient.http")
 httpx = pytest.importorskip("httpx")
 

@@ -17,6 +17,8 @@ from terarec.serving.pbtxt import PbtxtError, parse_pbtxt
 from tests.helpers.models import BUILDERS
 from tests.helpers.synth import raw_async_dataset
 
+pytest.importorskip("starlette", reason="the 'serve' extra is not installed")
+pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 httpx = pytest.importorskip("httpx")
 
 STEP = 6
