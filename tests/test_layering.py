@@ -13,7 +13,7 @@ LAYER = {
     "embedding": 2, "layers": 2, "optim": 2, "data": 2, "metrics": 2,
     "graph": 3, "checkpoint": 3, "training": 4, "inference": 5, "serving": 6,
     "compat": 7, "cli": 8, "tools": 8, "demo": 8, "optimizer": 8, "__init__": 9, "__main__": 9,
-    "distributed": 3, "kernels": 2, "torchrec": 4,
+    "distributed": 3, "kernels": 2, "torchrec": 4, "hugectr2onnx": 8,
 }
 
 
