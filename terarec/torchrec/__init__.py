@@ -2,16 +2,18 @@
 
 For TorchRec users: ``KeyedJaggedTensor`` / ``JaggedTensor`` / ``KeyedTensor``
 (:mod:`~terarec.torchrec.jagged`, :mod:`~terarec.torchrec.keyed`), ``EmbeddingBagConfig`` /
-``PoolingType`` (:mod:`~terarec.torchrec.config`), ``EmbeddingBagCollection``
-(:mod:`~terarec.torchrec.embedding_bag`) and ``apply_optimizer_in_backward``
+``PoolingType`` / ``EmbeddingConfig`` (:mod:`~terarec.torchrec.config`),
+``EmbeddingBagCollection`` (:mod:`~terarec.torchrec.embedding_bag`), the unpooled
+``EmbeddingCollection`` (:mod:`~terarec.torchrec.embedding_collection`) and ``apply_optimizer_in_backward``
 (:mod:`~terarec.torchrec.optim`), ``EmbOptimType`` / ``EmbeddingBagCollectionSharder``
 (``fused_params``, :mod:`~terarec.torchrec.fused_params`), the ``fused_optimizer`` state view
 (:mod:`~terarec.torchrec.fused_optim`) and ``TrainPipelineSparseDist``
 (:mod:`~terarec.torchrec.train_pipeline`). TorchRec itself is never imported.
 """
 
-from terarec.torchrec.config import EmbeddingBagConfig, PoolingType
+from terarec.torchrec.config import EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from terarec.torchrec.embedding_bag import EmbeddingBagCollection, EmbeddingBagTable
+from terarec.torchrec.embedding_collection import EmbeddingCollection
 from terarec.torchrec.fused_optim import FusedOptimizer
 from terarec.torchrec.fused_params import (
     EmbeddingBagCollectionSharder,
@@ -30,7 +32,8 @@ from terarec.torchrec.train_pipeline import TrainPipelineSparseDist
 
 __all__ = [
     "EmbOptimType", "EmbeddingBagCollection", "EmbeddingBagCollectionSharder",
-    "EmbeddingBagConfig", "EmbeddingBagTable", "FusedOptimizer", "IdOutOfRangeError",
+    "EmbeddingBagConfig", "EmbeddingBagTable", "EmbeddingCollection", "EmbeddingConfig",
+    "FusedOptimizer", "IdOutOfRangeError",
     "JaggedTensor", "KeyedJaggedTensor", "KeyedTensor", "PoolingType", "TrainPipelineSparseDist",
     "apply_optimizer_in_backward", "fused_params_to_optimizer", "in_backward_optimizer_filter",
     "sparse_optimizer_config",

@@ -24,17 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from terarec.embedding.table import EmbeddingTable, pool
+from terarec.embedding.table import pool
 from terarec.errors import ConfigError, NotSupportedError
-from terarec.optim.config import OptimizerConfig
 from terarec.sparse import SparseInput
 from terarec.torchrec.config import EmbeddingBagConfig, PoolingType
-from terarec.torchrec.fused_optim import FusedEntry, FusedOptimizer
+from terarec.torchrec.fused_optim import FusedOptimizer
 from terarec.torchrec.fused_params import apply_fused_params
 from terarec.torchrec.jagged import KeyedJaggedTensor
 from terarec.torchrec.keyed import KeyedTensor
 from terarec.torchrec.layout import table_input
-from terarec.torchrec.optim import set_table_optimizer
+from terarec.torchrec.table_module import TableModule, check_tables, fused_optimizer_of
 
 
 class _WeightedLookup(torch.autograd.Function):
@@ -54,7 +53,7 @@ class _WeightedLookup(torch.autograd.Function):
         return None, None, None, None, None
 
 
-class EmbeddingBagTable(nn.Module):
+class EmbeddingBagTable(TableModule):
     """One table of an :class:`EmbeddingBagCollection` (``ebc.embedding_bags[name]``).
 
     Attributes:
@@ -65,40 +64,7 @@ class EmbeddingBagTable(nn.Module):
 
     def __init__(self, config: EmbeddingBagConfig, device: torch.device | str | None = None
                  ) -> None:
-        super().__init__()
-        self.config = config
-        self.table = EmbeddingTable(config.to_table_config(), device, index="direct")
-        lo, hi = config.init_bounds()
-        n = config.num_embeddings
-        init = torch.empty(n, config.embedding_dim, device=self.table.device).uniform_(lo, hi)
-        self.table.load(torch.arange(n, device=self.table.device), init)
-        self.table.freeze()  # trained only once apply_optimizer_in_backward gives an optimizer
-        self.optimizer_spec: tuple[type, dict[str, Any]] | None = None
-        self._link()
-
-    def _link(self) -> None:
-        """(Re)bind ``weight`` to the table's rows (after construction and device moves)."""
-        old = self._parameters.get("weight")
-        w = nn.Parameter(self.table.weight, requires_grad=False)
-        w._terarec_bag = self  # type: ignore[attr-defined]
-        if old is not None and hasattr(old, "_in_backward_optimizers"):
-            for attr in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
-                setattr(w, attr, getattr(old, attr))
-        self.weight = w
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # noqa: ANN202
-        super()._apply(fn, recurse)
-        self._link()
-        return self
-
-    def set_optimizer(self, optimizer_class: type, kwargs: dict[str, Any],
-                      config: OptimizerConfig, lr: float) -> None:
-        """Install the fused optimizer (called by ``apply_optimizer_in_backward``)."""
-        set_table_optimizer(self.table, config, lr)
-        self.optimizer_spec = (optimizer_class, kwargs)
-        self.weight._in_backward_optimizers = [config]  # type: ignore[attr-defined]
-        self.weight._optimizer_classes = [optimizer_class]  # type: ignore[attr-defined]
-        self.weight._optimizer_kwargs = [kwargs]  # type: ignore[attr-defined]
+        super().__init__(config, device)
 
     def forward(self, sparse: SparseInput, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled ``[B, num_features, dim]`` of sample-major ``sparse`` (one slot per feature);
@@ -157,22 +123,7 @@ class EmbeddingBagCollection(nn.Module):
                  device: torch.device | str | None = None,
                  fused_params: dict[str, Any] | None = None) -> None:
         super().__init__()
-        tables = list(tables)
-        if not tables or any(not isinstance(t, EmbeddingBagConfig) for t in tables):
-            raise ConfigError("EmbeddingBagCollection tables", "a non-empty list of "
-                              "EmbeddingBagConfig", tables)
-        names = [t.name for t in tables]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError("EmbeddingBagCollection tables", "unique table names", dup)
-        owner: dict[str, str] = {}
-        for t in tables:
-            for f in t.feature_names:
-                if f in owner:
-                    raise ConfigError(f"EmbeddingBagCollection table {t.name!r} feature_names",
-                                      f"features not read by another table ({f!r} is read by "
-                                      f"table {owner[f]!r})", t.feature_names)
-                owner[f] = t.name
+        tables = check_tables(tables, EmbeddingBagConfig, "EmbeddingBagCollection")
         if is_weighted:
             mean = [t.name for t in tables if t.pooling is not PoolingType.SUM]
             if mean:
@@ -201,13 +152,7 @@ class EmbeddingBagCollection(nn.Module):
                               "is not sharded (use DistributedModelParallel.fused_optimizer)",
                               "sharded")
         bags = [self.embedding_bags[c.name] for c in self._configs]
-        sig = tuple(id(b.table.optimizer) for b in bags if b.optimizer_spec is not None)
-        if self._fused is None or self._fused[0] != sig:
-            entries = [FusedEntry(f"embedding_bags.{b.config.name}.weight", b.config.name,
-                                  [(b.config.name, b.table)], b.config.num_embeddings,
-                                  b.table.optimizer.lr, b.table.config.optimizer.type)
-                       for b in bags if b.optimizer_spec is not None]
-            self._fused = (sig, FusedOptimizer(entries))
+        self._fused = fused_optimizer_of(bags, "embedding_bags", self._fused)
         return self._fused[1]
 
     def stage(self, features: KeyedJaggedTensor) -> tuple[dict[str, SparseInput],

@@ -57,8 +57,8 @@ def _offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
 
 
 def _check_jagged(where: str, values: torch.Tensor, weights: torch.Tensor | None,
-                  lengths: torch.Tensor | None, offsets: torch.Tensor | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  lengths: torch.Tensor | None, offsets: torch.Tensor | None,
+                  rows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated ``(lengths, offsets)`` of a jagged layout; errors name the argument."""
     if lengths is None and offsets is None:
         raise ConfigError(where, "lengths or offsets", None)
@@ -86,13 +86,14 @@ def _check_jagged(where: str, values: torch.Tensor, weights: torch.Tensor | None
     lengths = lengths.to(torch.int64)  # type: ignore[union-attr]  (set by either branch)
     offsets = offsets.to(torch.int64) if offsets is not None else _offsets_from_lengths(lengths)
     total = int(offsets[-1])
-    if values.dim() != 1:
+    if values.dim() != 1 and not (rows and values.dim() >= 1):
         raise ConfigError(f"{where} values", "a 1-D tensor", f"shape {tuple(values.shape)}")
-    if values.numel() != total:
+    n = values.shape[0]
+    if n != total:
         raise ConfigError(f"{where} values", f"{total} entries (the sum of lengths)",
-                          f"{values.numel()} entries")
-    if weights is not None and (weights.dim() != 1 or weights.numel() != values.numel()):
-        raise ConfigError(f"{where} weights", f"a 1-D tensor of {values.numel()} entries "
+                          f"{n} entries")
+    if weights is not None and (weights.dim() != 1 or weights.numel() != n):
+        raise ConfigError(f"{where} weights", f"a 1-D tensor of {n} entries "
                           "(one per value)", f"shape {tuple(weights.shape)}")
     return lengths, offsets
 
@@ -101,7 +102,8 @@ class JaggedTensor:
     """Ids of one feature for a batch: ``values`` split into rows of ``lengths``.
 
     Args:
-        values: 1-D tensor of all ids (or any 1-D values).
+        values: 1-D tensor of all ids, or ``[total, ...]`` rows (e.g. the embeddings an
+            ``EmbeddingCollection`` returns); row ``i`` of the jagged layout is ``values[i]``.
         weights: optional per-value weights (same shape as ``values``).
         lengths: ids per row, ``[B]``.
         offsets: ``[B + 1]`` running sum of lengths (either this or ``lengths``, or both).
@@ -118,7 +120,7 @@ class JaggedTensor:
         self._values = values
         self._weights = weights
         self._lengths, self._offsets = _check_jagged("JaggedTensor", values, weights, lengths,
-                                                     offsets)
+                                                     offsets, rows=True)
 
     def values(self) -> torch.Tensor:
         return self._values

@@ -20,10 +20,11 @@ class IdOutOfRangeError(TerarecError, IndexError):
 
 
 def table_input(kjt: KeyedJaggedTensor, features: list[str], table: str, num_embeddings: int,
-                with_weights: bool = False
+                with_weights: bool = False, owner: str = "EmbeddingBagCollection"
                 ) -> tuple[SparseInput, torch.Tensor | None]:
     """The ids of ``features`` (one slot each, in order) as terarec's sample-major CSR, and the
-    per-id weights in the same order when ``with_weights``.
+    per-id weights in the same order when ``with_weights`` (``owner``: the collection the
+    range error names).
 
     Raises:
         ConfigError: a feature is not a key of ``kjt``.
@@ -56,12 +57,12 @@ def table_input(kjt: KeyedJaggedTensor, features: list[str], table: str, num_emb
     offsets = torch.zeros(len_sm.numel() + 1, dtype=torch.int64, device=len_sm.device)
     torch.cumsum(len_sm, 0, out=offsets[1:])
     ids = ids.to(torch.int64)
-    _check_range(ids, offsets, features, table, num_embeddings)
+    _check_range(ids, offsets, features, table, num_embeddings, owner)
     return SparseInput(ids, offsets.to(ids.device), s), w
 
 
 def _check_range(ids: torch.Tensor, offsets: torch.Tensor, features: list[str], table: str,
-                 num_embeddings: int) -> None:
+                 num_embeddings: int, owner: str) -> None:
     if ids.numel() == 0:
         return
     bad = (ids < 0) | (ids >= num_embeddings)
@@ -72,7 +73,7 @@ def _check_range(ids: torch.Tensor, offsets: torch.Tensor, features: list[str], 
                                  right=True)) - 1
     s = len(features)
     raise IdOutOfRangeError(
-        f"EmbeddingBagCollection: feature {features[row % s]!r} (sample {row // s}) of table "
+        f"{owner}: feature {features[row % s]!r} (sample {row // s}) of table "
         f"{table!r} has id {int(ids[first])}, outside [0, {num_embeddings}) (num_embeddings="
         f"{num_embeddings}). Ids are row numbers: they are never clamped or hashed; remap them "
         f"or enlarge num_embeddings.")

@@ -42,6 +42,7 @@ from terarec.embedding.table import EmbeddingTable
 from terarec.errors import ConfigError, NotSupportedError
 from terarec.sparse import SparseInput
 from terarec.torchrec.embedding_bag import EmbeddingBagCollection
+from terarec.torchrec.embedding_collection import EmbeddingCollection
 from terarec.torchrec.fused_optim import FusedEntry, FusedOptimizer
 from terarec.torchrec.fused_params import EmbeddingBagCollectionSharder, apply_fused_params
 from terarec.torchrec.optim import make_sparse_optimizer
@@ -153,6 +154,13 @@ class DistributedModelParallel(nn.Module):
                               "init_process_group)", None)
         self.device = torch.device("cpu" if device is None else device)
         module.to(self.device)
+        unpooled = [p or "<module>" for p, m in module.named_modules()
+                    if isinstance(m, EmbeddingCollection)]
+        if unpooled:
+            raise NotSupportedError(f"DistributedModelParallel: EmbeddingCollection (unpooled, "
+                                    f"at {unpooled}) is not sharded by terarec; shard "
+                                    f"EmbeddingBagCollection only, or run the "
+                                    f"EmbeddingCollection model in one process")
         named = [(p, m) for p, m in module.named_modules()
                  if isinstance(m, EmbeddingBagCollection)]
         if not named:

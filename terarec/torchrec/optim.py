@@ -140,7 +140,9 @@ def apply_optimizer_in_backward(optimizer_class: type, params: Iterable[torch.nn
     the backward (TorchRec's ``torchrec.optim.apply_optimizer_in_backward``).
 
     ``params``: table weights of :class:`~terarec.torchrec.EmbeddingBagCollection` (e.g.
-    ``ebc.parameters()`` or ``ebc.embedding_bags["t"].weight``); anything else is an error.
+    ``ebc.parameters()`` or ``ebc.embedding_bags["t"].weight``) or of
+    :class:`~terarec.torchrec.EmbeddingCollection` (``ec.embeddings["t"].weight``); anything
+    else is an error.
     Calling it again for a table replaces its optimizer (fresh state).
     """
     params = list(params)
@@ -152,7 +154,8 @@ def apply_optimizer_in_backward(optimizer_class: type, params: Iterable[torch.nn
             shape = tuple(p.shape) if torch.is_tensor(p) else type(p).__name__
             raise NotSupportedError(
                 f"apply_optimizer_in_backward: params[{i}] (shape {shape}) is not an "
-                f"EmbeddingBagCollection table weight; terarec fuses optimizers into embedding "
+                f"EmbeddingBagCollection table weight (nor an EmbeddingCollection one); terarec "
+                f"fuses optimizers into embedding "
                 f"tables only (give dense parameters to a torch.optim optimizer)")
         if all(owner is not t for t in tables):
             tables.append(owner)
