@@ -108,15 +108,22 @@ def write_sparse_folder(
     slot_ids: np.ndarray | None = None,
 ) -> None:
     """Write one sparse model folder atomically (``key``, ``emb_vector``, optional ``slot_id``)."""
+    with atomic_dir(path) as tmp:
+        write_sparse_files(tmp, keys, vectors, slot_ids)
+
+
+def write_sparse_files(folder: Path, keys: np.ndarray, vectors: np.ndarray,
+                       slot_ids: np.ndarray | None = None) -> None:
+    """``key`` / ``emb_vector`` (/ ``slot_id``) into ``folder`` (a folder being written, e.g.
+    the temporary one of :func:`~terarec.utils.atomic.atomic_dir`)."""
     keys = np.ascontiguousarray(keys, dtype="<i8")
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     if vectors.ndim != 2 or vectors.shape[0] != keys.shape[0]:
         raise ValueError(f"vectors shape {vectors.shape} does not match {keys.shape[0]} keys")
-    with atomic_dir(path) as tmp:
-        keys.tofile(tmp / "key")
-        vectors.tofile(tmp / "emb_vector")
-        if slot_ids is not None:
-            np.ascontiguousarray(slot_ids, dtype="<u8").tofile(tmp / "slot_id")
+    keys.tofile(folder / "key")
+    vectors.tofile(folder / "emb_vector")
+    if slot_ids is not None:
+        np.ascontiguousarray(slot_ids, dtype="<u8").tofile(folder / "slot_id")
 
 
 def read_sparse_folder(

@@ -296,10 +296,7 @@ def write_model_folder(path: str, rows: Rows, opt: FolderOptimizer, step: int,
     """Replace the folder atomically: ``key``, ``emb_vector``, ``slot_id`` (LocalizedSlot
     tables), one file per optimizer state, LazyGlobal's last steps and the step counter."""
     with atomic_dir(path) as tmp:
-        np.ascontiguousarray(rows.keys, dtype="<i8").tofile(tmp / "key")
-        np.ascontiguousarray(rows.vectors, dtype="<f4").tofile(tmp / "emb_vector")
-        if localized:
-            np.ascontiguousarray(rows.slots, dtype="<u8").tofile(tmp / "slot_id")
+        hf.write_sparse_files(tmp, rows.keys, rows.vectors, rows.slots if localized else None)
         for name, values in zip(opt.state_names, rows.states):
             np.ascontiguousarray(values, dtype="<f4").tofile(tmp / state_file_name(opt.type, name))
         if opt.lazy and rows.last_step is not None:

@@ -157,21 +157,29 @@ class HashIndex(KeyIndexBase):
             grown[: self._num_keys] = self._row_keys[: self._num_keys]
             self._row_keys = grown
 
-    def insert(self, keys: torch.Tensor) -> InsertResult:
+    def _find_new(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor]:
+        """``(uniq, inverse, rows of uniq (-1: not in the index), positions in uniq of the new
+        keys in first-seen order, their first positions in keys)``; raises the capacity error
+        when the new keys do not fit."""
         keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
         uniq, inverse = torch.unique(keys, return_inverse=True)
         rows_u = self._probe(uniq)
         missing = torch.nonzero(rows_u < 0).squeeze(1)
-        first = _first_positions(inverse, uniq.numel())
-        n_new = missing.numel()
-        if n_new == 0:
-            empty = torch.empty(0, dtype=torch.int64, device=self.device)
-            return InsertResult(rows_u[inverse], empty, empty)
-        needed = self._num_keys + n_new
+        if missing.numel() == 0:
+            return uniq, inverse, rows_u, missing, missing
+        needed = self._num_keys + missing.numel()
         if needed > self.capacity:
             raise _capacity_error(self.name, self.capacity, needed)
+        first = _first_positions(inverse, uniq.numel())
         new_first, order = torch.sort(first[missing])
-        missing = missing[order]
+        return uniq, inverse, rows_u, missing[order], new_first
+
+    def insert(self, keys: torch.Tensor) -> InsertResult:
+        uniq, inverse, rows_u, missing, new_first = self._find_new(keys)
+        if missing.numel() == 0:
+            return InsertResult(rows_u[inverse], missing, missing)
+        needed = self._num_keys + missing.numel()
         new_rows = torch.arange(self._num_keys, needed, device=self.device)
         rows_u[missing] = new_rows
         self._reserve(needed)
@@ -325,20 +333,11 @@ class RecyclingHashIndex(HashIndex):
             self._row_keys, self._live = keys, live
 
     def insert(self, keys: torch.Tensor) -> InsertResult:
-        keys = keys.reshape(-1).to(device=self.device, dtype=torch.int64)
-        uniq, inverse = torch.unique(keys, return_inverse=True)
-        rows_u = self._probe(uniq)
-        missing = torch.nonzero(rows_u < 0).squeeze(1)
+        uniq, inverse, rows_u, missing, new_first = self._find_new(keys)
         n_new = missing.numel()
         if n_new == 0:
-            empty = torch.empty(0, dtype=torch.int64, device=self.device)
-            return InsertResult(rows_u[inverse], empty, empty)
+            return InsertResult(rows_u[inverse], missing, missing)
         needed = self._num_keys + n_new
-        if needed > self.capacity:
-            raise _capacity_error(self.name, self.capacity, needed)
-        first = _first_positions(inverse, uniq.numel())
-        new_first, order = torch.sort(first[missing])
-        missing = missing[order]
         reuse = min(n_new, self._free.numel())
         fresh = torch.arange(self._extent, self._extent + n_new - reuse, device=self.device)
         new_rows = torch.cat([self._free[:reuse], fresh])
